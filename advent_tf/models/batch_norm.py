@@ -1,0 +1,103 @@
+"""Batch normalisation with the reference's frozen affine parameters.
+
+The reference (valeoai/ADVENT, DeepLab-V2 ResNet-101) sets `requires_grad =
+False` on every BN weight and bias, yet keeps the network in `train()` mode:
+each forward pass during training normalises with the statistics of the
+current batch (one image) and moves the running statistics. Keras'
+`BatchNormalization(trainable=False)` instead switches to inference
+statistics (GUIDE.md pitfall 9), so this layer implements the PyTorch
+semantics explicitly.
+"""
+
+import keras
+import tensorflow as tf
+
+BN_MODES = ("reference", "frozen")
+
+
+class BatchNorm(keras.layers.Layer):
+    """PyTorch-style BatchNorm2d (channels last) with non-trainable gamma/beta.
+
+    Modes:
+      * ``"reference"``: ``training=True`` normalises with the batch mean and
+        biased batch variance and updates the moving statistics as PyTorch
+        does (``momentum`` 0.1 weighting the new value, unbiased batch
+        variance ``n / (n - 1)`` for the moving variance); ``training=False``
+        normalises with the moving statistics.
+      * ``"frozen"``: always normalises with the moving statistics and never
+        updates them.
+
+    gamma and beta are never trainable in either mode: the reference freezes
+    them, and keeping them out of ``trainable_variables`` keeps them out of
+    every optimizer (and out of weight decay). The computation runs in
+    float32 whatever the input dtype, because batch statistics overflow in
+    float16; the output is cast back to the input dtype.
+
+    Args:
+      mode: ``"reference"`` or ``"frozen"``.
+      epsilon: Added to the variance, 1e-5 as in PyTorch.
+      momentum: PyTorch convention: ``moving = (1 - momentum) * moving +
+        momentum * batch`` (Keras' momentum would be ``1 - momentum``).
+      **kwargs: Passed to `keras.layers.Layer` (``name``, ``dtype``).
+
+    Raises:
+      ValueError: If ``mode`` is not one of ``BN_MODES``.
+    """
+
+    def __init__(self, mode="reference", epsilon=1e-5, momentum=0.1, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {mode!r}.")
+        self.mode = mode
+        self.epsilon = epsilon
+        self.momentum = momentum
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("BatchNorm needs a known channel dimension.")
+        # Created in the order gamma, beta, moving_mean, moving_variance so that
+        # `get_weights()` lines up with PyTorch's weight, bias, running_mean,
+        # running_var. autocast=False keeps them float32 under mixed precision.
+        self.gamma = self.add_weight(
+            name="gamma", shape=(channels,), initializer="ones",
+            trainable=False, autocast=False)
+        self.beta = self.add_weight(
+            name="beta", shape=(channels,), initializer="zeros",
+            trainable=False, autocast=False)
+        self.moving_mean = self.add_weight(
+            name="moving_mean", shape=(channels,), initializer="zeros",
+            trainable=False, autocast=False)
+        self.moving_variance = self.add_weight(
+            name="moving_variance", shape=(channels,), initializer="ones",
+            trainable=False, autocast=False)
+
+    def call(self, inputs, training=None):
+        x = tf.cast(inputs, tf.float32)
+        if self.mode == "reference" and training:
+            reduce_axes = list(range(len(x.shape) - 1))
+            mean, variance = tf.nn.moments(x, axes=reduce_axes)
+            count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+            # PyTorch stores the unbiased variance in running_var while
+            # normalising with the biased one; max() avoids a division by zero
+            # for a single-element batch (PyTorch raises there).
+            unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+            self.moving_mean.assign(
+                (1.0 - self.momentum) * self.moving_mean + self.momentum * mean)
+            self.moving_variance.assign(
+                (1.0 - self.momentum) * self.moving_variance
+                + self.momentum * unbiased)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
+        outputs = x * scale + (self.beta - mean * scale)
+        return tf.cast(outputs, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"mode": self.mode, "epsilon": self.epsilon, "momentum": self.momentum})
+        return config
