@@ -1,0 +1,23 @@
+"""Networks: DeepLab-V2 segmenters (ResNet / VGG-16) and the AdvEnt discriminator."""
+
+from advent_tf.models.batch_norm import BatchNorm
+from advent_tf.models.builder import (
+    backbone_variables,
+    build_segmenter,
+    head_variables,
+    split_outputs,
+)
+from advent_tf.models.discriminator import (
+    build_discriminator,
+    load_pytorch_discriminator_weights,
+)
+
+__all__ = [
+    "BatchNorm",
+    "backbone_variables",
+    "build_discriminator",
+    "build_segmenter",
+    "head_variables",
+    "load_pytorch_discriminator_weights",
+    "split_outputs",
+]

@@ -1,0 +1,236 @@
+"""Tests for the DeepLab-V2 segmenters, their BatchNorm and the builder."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advent_tf.models import (
+    BatchNorm,
+    backbone_variables,
+    build_segmenter,
+    head_variables,
+    split_outputs,
+)
+
+# (height, width) -> stride-8 logits size of the reference (ceil-mode pool).
+REFERENCE_OUTPUT_SIZES = {
+    (720, 1280): (91, 161),
+    (512, 1024): (65, 129),
+    (360, 640): (46, 81),
+    (256, 512): (33, 65),
+}
+
+
+def _num_params(variables):
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def _counted_weights(model_or_layer):
+    """Weights the reference counts as parameters: everything but BN moving stats."""
+    return [w for w in model_or_layer.weights if "moving_" not in w.path]
+
+
+@pytest.fixture(scope="module")
+def resnet101():
+    # Built once, never run on a real-size input: construction is symbolic.
+    return build_segmenter("resnet101", num_classes=19, multi_level=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_image():
+    return np.random.default_rng(0).normal(size=(1, 41, 50, 3)).astype(np.float32)
+
+
+def test_resnet101_param_counts_match_reference(resnet101, ref):
+    total = _num_params(_counted_weights(resnet101))
+    trainable = _num_params(resnet101.trainable_variables)
+    assert total == int(ref["d_segnet_params_total"]) == 44_601_560
+    assert trainable == int(ref["d_segnet_params_trainable"]) == 44_496_216
+    assert total - trainable == int(ref["d_segnet_params_frozen_bn"]) == 105_344
+
+
+def test_resnet101_per_module_param_counts(resnet101, ref):
+    for module, expected in zip(ref["d_segnet_module_names"],
+                                ref["d_segnet_module_params"]):
+        layers = [l for l in resnet101.layers
+                  if l.name == module or l.name.startswith(f"{module}_")]
+        assert _num_params(_counted_weights(_LayerGroup(layers))) == expected, module
+
+
+class _LayerGroup:
+    """Gives a list of layers the `weights` attribute `_counted_weights` reads."""
+
+    def __init__(self, layers):
+        self.weights = [w for layer in layers for w in layer.weights]
+
+
+def test_resnet101_single_level_param_count(ref):
+    model = build_segmenter("resnet101", multi_level=False)
+    assert _num_params(_counted_weights(model)) == int(
+        ref["d_segnet_single_level_params_total"]) == 43_901_068
+    assert not any(l.name.startswith("layer5") for l in model.layers)
+
+
+def test_resnet101_layer_names_follow_pytorch_keys(resnet101):
+    names = {l.name for l in resnet101.layers}
+    for expected in ("conv1", "bn1", "layer1_0_conv1", "layer1_0_downsample_0",
+                     "layer1_0_downsample_1", "layer2_3_bn3", "layer3_22_conv3",
+                     "layer4_0_downsample_0", "layer4_2_bn3",
+                     "layer5_conv2d_list_3", "layer6_conv2d_list_0"):
+        assert expected in names
+    assert "layer1_1_downsample_0" not in names
+    bn = resnet101.get_layer("layer3_5_bn2")
+    assert [w.name for w in bn.weights] == [
+        "gamma", "beta", "moving_mean", "moving_variance"]
+    assert resnet101.get_layer("layer2_0_conv1").strides == (2, 2)
+    assert resnet101.get_layer("layer2_0_conv2").strides == (1, 1)
+    assert resnet101.get_layer("layer3_7_conv2").dilation_rate == (2, 2)
+    assert resnet101.get_layer("layer4_1_conv2").dilation_rate == (4, 4)
+
+
+def test_bn_affine_params_are_never_trainable(resnet101):
+    trainable_ids = {id(v) for v in resnet101.trainable_variables}
+    bn_layers = [l for l in resnet101.layers if isinstance(l, BatchNorm)]
+    assert len(bn_layers) == 104  # bn1 + 3 per block x 33 + 4 downsample BNs
+    for layer in bn_layers:
+        assert not layer.trainable_weights
+        assert not any(id(w) in trainable_ids for w in layer.weights)
+
+
+def test_head_and_backbone_variables_partition_trainables(resnet101, ref):
+    head = head_variables(resnet101)
+    backbone = backbone_variables(resnet101)
+    module_params = dict(zip(ref["d_segnet_module_names"], ref["d_segnet_module_params"]))
+    assert _num_params(head) == module_params["layer5"] + module_params["layer6"]
+    assert len(head) == 16  # 2 heads x 4 branches x (kernel, bias)
+    assert ({id(v) for v in head} | {id(v) for v in backbone}
+            == {id(v) for v in resnet101.trainable_variables})
+    assert not {id(v) for v in head} & {id(v) for v in backbone}
+
+
+@pytest.mark.parametrize("size", sorted(REFERENCE_OUTPUT_SIZES))
+def test_resnet101_output_sizes_match_reference(resnet101, size):
+    # Symbolic call: shapes only, no computation.
+    aux, main = split_outputs(resnet101(keras.KerasTensor((1, *size, 3))))
+    expected = (1, *REFERENCE_OUTPUT_SIZES[size], 19)
+    assert tuple(aux.shape) == tuple(main.shape) == expected
+
+
+def test_tiny_forward_shapes_dtypes_and_symbolic_agreement(tiny_image):
+    model = build_segmenter("resnet_tiny", num_classes=5)
+    aux, main = split_outputs(model(tiny_image, training=False))
+    # 41x50 -> stem 21x25 -> ceil pool 11x13 -> layer2 6x7.
+    assert tuple(aux.shape) == tuple(main.shape) == (1, 6, 7, 5)
+    assert aux.dtype == main.dtype == tf.float32
+    symbolic = model(keras.KerasTensor(tiny_image.shape))
+    assert tuple(symbolic[1].shape) == (1, 6, 7, 5)
+
+
+def test_single_level_returns_main_logits_only(tiny_image):
+    model = build_segmenter("resnet_tiny", num_classes=4, multi_level=False)
+    out = model(tiny_image)
+    assert tf.is_tensor(out) and tuple(out.shape) == (1, 6, 7, 4)
+    aux, main = split_outputs(out)
+    assert aux is None and main is out
+
+
+def test_tiny_forward_under_xla(tiny_image):
+    model = build_segmenter("resnet_tiny", num_classes=3)
+    # Dynamic spatial dims: the ceil-mode pool pads from tf.shape under XLA too.
+    step = tf.function(lambda x: model(x, training=False), jit_compile=True,
+                       input_signature=[tf.TensorSpec((1, None, None, 3))])
+    xla_aux, xla_main = step(tiny_image)
+    aux, main = model(tiny_image, training=False)
+    np.testing.assert_allclose(xla_main, main, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(xla_aux, aux, rtol=1e-4, atol=1e-5)
+
+
+def _random_bn(mode, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    layer = BatchNorm(mode)
+    layer.build((None, None, None, channels))
+    layer.set_weights([rng.uniform(0.5, 2.0, channels), rng.normal(size=channels),
+                       rng.normal(size=channels), rng.uniform(0.5, 2.0, channels)])
+    x = rng.normal(1.0, 3.0, size=(2, 4, 5, channels)).astype(np.float32)
+    return layer, x
+
+
+def test_bn_reference_training_uses_batch_stats_and_pytorch_update():
+    layer, x = _random_bn("reference")
+    gamma, beta, mean0, var0 = [w.copy() for w in layer.get_weights()]
+    out = layer(x, training=True).numpy()
+    mean = x.mean(axis=(0, 1, 2))
+    var = x.var(axis=(0, 1, 2))  # biased, for normalising
+    n = x.size // x.shape[-1]
+    np.testing.assert_allclose(
+        out, (x - mean) / np.sqrt(var + 1e-5) * gamma + beta, rtol=1e-4, atol=1e-5)
+    new = layer.get_weights()
+    np.testing.assert_allclose(new[0], gamma)
+    np.testing.assert_allclose(new[1], beta)
+    np.testing.assert_allclose(new[2], 0.9 * mean0 + 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(new[3], 0.9 * var0 + 0.1 * var * n / (n - 1), rtol=1e-5)
+
+
+def test_bn_inference_uses_moving_stats_and_frozen_never_updates():
+    for mode, training in (("reference", False), ("frozen", True), ("frozen", False)):
+        layer, x = _random_bn(mode)
+        gamma, beta, mean, var = [w.copy() for w in layer.get_weights()]
+        out = layer(x, training=training).numpy()
+        np.testing.assert_allclose(
+            out, (x - mean) / np.sqrt(var + 1e-5) * gamma + beta, rtol=1e-4, atol=1e-5)
+        for before, after in zip((gamma, beta, mean, var), layer.get_weights()):
+            np.testing.assert_array_equal(before, after)
+
+
+def test_bn_computes_in_float32_under_mixed_precision():
+    layer = BatchNorm("reference", dtype="mixed_float16")
+    # Values whose float16 square sum overflows (> 65504).
+    x = np.full((1, 4, 4, 2), 300.0, np.float16)
+    x[0, 0, 0] = 200.0
+    out = layer(x, training=True)
+    assert out.dtype == tf.float16
+    assert np.all(np.isfinite(out.numpy()))
+    assert layer.moving_variance.dtype == "float32"
+    assert np.all(np.isfinite(layer.moving_variance.numpy()))
+
+
+def test_model_bn_modes(tiny_image):
+    frozen = build_segmenter("resnet_tiny", num_classes=3, bn_mode="frozen")
+    before = [w.numpy().copy() for w in frozen.weights]
+    out_train = frozen(tiny_image, training=True)[1]
+    out_eval = frozen(tiny_image, training=False)[1]
+    np.testing.assert_allclose(out_train, out_eval, rtol=1e-6)
+    for b, w in zip(before, frozen.weights):
+        np.testing.assert_array_equal(b, w.numpy())
+
+    reference = build_segmenter("resnet_tiny", num_classes=3, bn_mode="reference")
+    bn1 = reference.get_layer("bn1")
+    reference(tiny_image, training=True)
+    assert not np.allclose(bn1.moving_mean.numpy(), 0.0)
+    np.testing.assert_array_equal(bn1.gamma.numpy(), 1.0)
+
+
+def test_vgg16_is_single_level_with_output_stride_8(ref):
+    model = build_segmenter("vgg16", num_classes=19, multi_level=False)
+    # conv1_1..conv5_3 14,714,688 + fc6 4,719,616 + fc7 1,049,600
+    # + ASPP on 1024 channels (the reference's aux head size) 700,492.
+    assert model.count_params() == 21_184_396
+    assert _num_params(head_variables(model)) == int(ref["d_segnet_module_params"][6])
+    assert model.get_layer("pool4").strides == 1
+    assert model.get_layer("conv5_1").dilation_rate == (2, 2)
+    for size, expected in REFERENCE_OUTPUT_SIZES.items():
+        assert tuple(model(keras.KerasTensor((1, *size, 3))).shape) == (1, *expected, 19)
+    out = model(np.zeros((1, 33, 47, 3), np.float32))
+    assert tuple(out.shape) == (1, 5, 7, 19)  # ceil(ceil(ceil(n/2)/2)/2)-style pools
+
+
+def test_builder_argument_errors():
+    with pytest.raises(ValueError, match="backbone.*resnet101.*vgg16.*'resnet18'"):
+        build_segmenter("resnet18")
+    with pytest.raises(ValueError, match="multi_level.*vgg16"):
+        build_segmenter("vgg16", multi_level=True)
+    with pytest.raises(ValueError, match="bn_mode.*reference.*frozen"):
+        build_segmenter("resnet_tiny", bn_mode="sync")
+    with pytest.raises(ValueError, match="num_classes"):
+        build_segmenter("resnet_tiny", num_classes=0)
