@@ -234,3 +234,121 @@ def test_builder_argument_errors():
         build_segmenter("resnet_tiny", bn_mode="sync")
     with pytest.raises(ValueError, match="num_classes"):
         build_segmenter("resnet_tiny", num_classes=0)
+
+
+def _torch_resnet_multi(torch, blocks, num_classes):
+    """The reference's ResNetMulti (valeoai/ADVENT deeplabv2.py), restated in torch."""
+    nn = torch.nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, inplanes, planes, stride, dilation, downsample):
+            super().__init__()
+            self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation,
+                                   dilation=dilation, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(planes * 4)
+            self.downsample = downsample
+
+        def forward(self, x):
+            out = torch.relu(self.bn1(self.conv1(x)))
+            out = torch.relu(self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+            residual = self.downsample(x) if self.downsample is not None else x
+            return torch.relu(out + residual)
+
+    class Classifier(nn.Module):
+        def __init__(self, inplanes):
+            super().__init__()
+            self.conv2d_list = nn.ModuleList(
+                nn.Conv2d(inplanes, num_classes, 3, padding=r, dilation=r)
+                for r in (6, 12, 18, 24))
+
+        def forward(self, x):
+            return sum(conv(x) for conv in self.conv2d_list)
+
+    class ResNetMulti(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inplanes = 64
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+            self.layer1 = self._make_layer(64, blocks[0], 1, 1)
+            self.layer2 = self._make_layer(128, blocks[1], 2, 1)
+            self.layer3 = self._make_layer(256, blocks[2], 1, 2)
+            self.layer4 = self._make_layer(512, blocks[3], 1, 4)
+            self.layer5 = Classifier(1024)
+            self.layer6 = Classifier(2048)
+
+        def _make_layer(self, planes, num_blocks, stride, dilation):
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * 4))
+            layers = [Bottleneck(self.inplanes, planes, stride, dilation, downsample)]
+            self.inplanes = planes * 4
+            layers += [Bottleneck(self.inplanes, planes, 1, dilation, None)
+                       for _ in range(1, num_blocks)]
+            return nn.Sequential(*layers)
+
+        def forward(self, x):
+            x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+            x3 = self.layer3(self.layer2(self.layer1(x)))
+            return self.layer5(x3), self.layer6(self.layer4(x3))
+
+    return ResNetMulti()
+
+
+def test_resnet_tiny_matches_pytorch_reference_by_layer_name(tiny_image):
+    """Copies random weights by state-dict key -> layer name and compares outputs.
+
+    Checks, in one go, the layer naming a checkpoint converter relies on and the
+    topology (stride placement, padding, ceil pool, projections, ASPP sum) in
+    both BN regimes, including PyTorch's running-statistics update.
+    """
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = _torch_resnet_multi(torch, (1, 1, 1, 1), num_classes=3).double()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+            elif isinstance(module, torch.nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5)
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+
+    model = build_segmenter("resnet_tiny", num_classes=3, bn_mode="reference")
+    for layer in model.layers:
+        key = layer.name.replace("_", ".").replace("conv2d.list", "conv2d_list")
+        if isinstance(layer, BatchNorm):
+            layer.set_weights([state[f"{key}.{s}"] for s in (
+                "weight", "bias", "running_mean", "running_var")])
+        elif isinstance(layer, keras.layers.Conv2D):
+            weights = [state[f"{key}.weight"].transpose(2, 3, 1, 0)]
+            if layer.use_bias:
+                weights.append(state[f"{key}.bias"])
+            layer.set_weights(weights)
+
+    x_torch = torch.from_numpy(tiny_image.transpose(0, 3, 1, 2)).double()
+    for training in (False, True):
+        net.train(training)
+        with torch.no_grad():
+            expected = [t.numpy().transpose(0, 2, 3, 1) for t in net(x_torch)]
+        got = model(tiny_image, training=training)
+        for e, g in zip(expected, got):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max())
+    for name in ("bn1", "layer2_0_downsample_1", "layer4_0_bn3"):
+        layer = model.get_layer(name)
+        key = name.replace("_", ".")
+        np.testing.assert_allclose(
+            layer.moving_mean.numpy(), net.state_dict()[f"{key}.running_mean"],
+            rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            layer.moving_variance.numpy(), net.state_dict()[f"{key}.running_var"],
+            rtol=1e-4, atol=1e-5)
