@@ -26,9 +26,9 @@ def _num_params(variables):
     return sum(int(np.prod(v.shape)) for v in variables)
 
 
-def _counted_weights(model_or_layer):
+def _counted_weights(weights):
     """Weights the reference counts as parameters: everything but BN moving stats."""
-    return [w for w in model_or_layer.weights if "moving_" not in w.path]
+    return [w for w in weights if "moving_" not in w.path]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def tiny_image():
 
 
 def test_resnet101_param_counts_match_reference(resnet101, ref):
-    total = _num_params(_counted_weights(resnet101))
+    total = _num_params(_counted_weights(resnet101.weights))
     trainable = _num_params(resnet101.trainable_variables)
     assert total == int(ref["d_segnet_params_total"]) == 44_601_560
     assert trainable == int(ref["d_segnet_params_trainable"]) == 44_496_216
@@ -55,19 +55,13 @@ def test_resnet101_per_module_param_counts(resnet101, ref):
                                 ref["d_segnet_module_params"]):
         layers = [l for l in resnet101.layers
                   if l.name == module or l.name.startswith(f"{module}_")]
-        assert _num_params(_counted_weights(_LayerGroup(layers))) == expected, module
-
-
-class _LayerGroup:
-    """Gives a list of layers the `weights` attribute `_counted_weights` reads."""
-
-    def __init__(self, layers):
-        self.weights = [w for layer in layers for w in layer.weights]
+        weights = [w for layer in layers for w in layer.weights]
+        assert _num_params(_counted_weights(weights)) == expected, module
 
 
 def test_resnet101_single_level_param_count(ref):
     model = build_segmenter("resnet101", multi_level=False)
-    assert _num_params(_counted_weights(model)) == int(
+    assert _num_params(_counted_weights(model.weights)) == int(
         ref["d_segnet_single_level_params_total"]) == 43_901_068
     assert not any(l.name.startswith("layer5") for l in model.layers)
 
@@ -222,7 +216,8 @@ def test_vgg16_is_single_level_with_output_stride_8(ref):
     for size, expected in REFERENCE_OUTPUT_SIZES.items():
         assert tuple(model(keras.KerasTensor((1, *size, 3))).shape) == (1, *expected, 19)
     out = model(np.zeros((1, 33, 47, 3), np.float32))
-    assert tuple(out.shape) == (1, 5, 7, 19)  # ceil(ceil(ceil(n/2)/2)/2)-style pools
+    # Each stride-2 pool gives ceil((n - 1) / 2) + 1: 33->17->9->5, 47->24->13->7.
+    assert tuple(out.shape) == (1, 5, 7, 19)
 
 
 def test_builder_argument_errors():
@@ -352,3 +347,31 @@ def test_resnet_tiny_matches_pytorch_reference_by_layer_name(tiny_image):
         np.testing.assert_allclose(
             layer.moving_variance.numpy(), net.state_dict()[f"{key}.running_var"],
             rtol=1e-4, atol=1e-5)
+
+
+def test_moving_stats_average_across_replicas():
+    layer = BatchNorm("reference")
+    layer.build((None, None, None, 2))
+    # MirroredStrategy would otherwise let each replica keep its own statistics.
+    assert layer.moving_mean.aggregation == layer.moving_variance.aggregation == "mean"
+
+
+def test_mixed_precision_logits_are_float32(tiny_image):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_segmenter("resnet_tiny", num_classes=3)
+        aux, main = model(tiny_image, training=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("layer4_0_conv2").compute_dtype == "float16"
+    assert model.get_layer("bn1").moving_mean.dtype == "float32"
+    assert aux.dtype == main.dtype == tf.float32
+    assert np.all(np.isfinite(main.numpy()))
+
+
+def test_config_round_trip_rebuilds_the_same_network(tiny_image):
+    model = build_segmenter("resnet_tiny", num_classes=3, bn_mode="frozen")
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    assert clone.get_layer("bn1").mode == "frozen"
+    np.testing.assert_allclose(clone(tiny_image)[1], model(tiny_image)[1], rtol=1e-6)

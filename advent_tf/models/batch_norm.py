@@ -15,6 +15,7 @@ import tensorflow as tf
 BN_MODES = ("reference", "frozen")
 
 
+@keras.saving.register_keras_serializable(package="advent_tf")
 class BatchNorm(keras.layers.Layer):
     """PyTorch-style BatchNorm2d (channels last) with non-trainable gamma/beta.
 
@@ -59,6 +60,9 @@ class BatchNorm(keras.layers.Layer):
         # Created in the order gamma, beta, moving_mean, moving_variance so that
         # `get_weights()` lines up with PyTorch's weight, bias, running_mean,
         # running_var. autocast=False keeps them float32 under mixed precision.
+        # aggregation="mean" makes MirroredStrategy average the replicas'
+        # updates; with the default "none" every replica silently keeps its
+        # own moving statistics and only replica 0's get saved.
         self.gamma = self.add_weight(
             name="gamma", shape=(channels,), initializer="ones",
             trainable=False, autocast=False)
@@ -67,10 +71,10 @@ class BatchNorm(keras.layers.Layer):
             trainable=False, autocast=False)
         self.moving_mean = self.add_weight(
             name="moving_mean", shape=(channels,), initializer="zeros",
-            trainable=False, autocast=False)
+            trainable=False, autocast=False, aggregation="mean")
         self.moving_variance = self.add_weight(
             name="moving_variance", shape=(channels,), initializer="ones",
-            trainable=False, autocast=False)
+            trainable=False, autocast=False, aggregation="mean")
 
     def call(self, inputs, training=None):
         x = tf.cast(inputs, tf.float32)

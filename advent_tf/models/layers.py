@@ -24,6 +24,7 @@ def pytorch_default_kernel_initializer():
         scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
+@keras.saving.register_keras_serializable(package="advent_tf")
 class CeilMaxPool2D(keras.layers.Layer):
     """3x3 max pooling with padding 1 and PyTorch/Caffe ``ceil_mode=True``.
 
