@@ -1,0 +1,73 @@
+"""Tensor operations shared by the model, the losses and evaluation.
+
+The reference upsamples every logit map with PyTorch's bilinear interpolation
+and `align_corners=True` (before the cross-entropy, the softmax/entropy, the
+discriminator and the evaluation argmax). `tf.image.resize` samples at
+half-pixel centres instead, which shifts every output pixel, so the reference
+interpolation is written out here.
+"""
+
+import tensorflow as tf
+
+
+def _linear_taps(in_size, out_size):
+    """Source indices and weights of 1-D linear interpolation, align_corners=True.
+
+    Follows PyTorch's `upsample_bilinear2d` index computation: the source
+    coordinate of output index i is i * (in - 1) / (out - 1), computed in
+    float32; the second tap is clamped to the last input index.
+
+    Args:
+      in_size: input length (int or scalar int tensor).
+      out_size: output length (int or scalar int tensor).
+
+    Returns:
+      (i0, i1, w1): int32 [out_size] indices of the two taps and float32
+      [out_size] weight of the second tap (the first one gets 1 - w1).
+    """
+    in_size = tf.cast(in_size, tf.int32)
+    out_size = tf.cast(out_size, tf.int32)
+    # A single output pixel takes the first input pixel (scale 0), as PyTorch does.
+    scale = tf.where(
+        out_size > 1,
+        tf.cast(in_size - 1, tf.float32) / tf.cast(tf.maximum(out_size - 1, 1), tf.float32),
+        0.0)
+    src = scale * tf.cast(tf.range(out_size), tf.float32)
+    i0 = tf.minimum(tf.cast(tf.floor(src), tf.int32), in_size - 1)
+    w1 = tf.clip_by_value(src - tf.cast(i0, tf.float32), 0.0, 1.0)
+    i1 = tf.minimum(i0 + 1, in_size - 1)
+    return i0, i1, w1
+
+
+def _lerp_along(x, axis, in_size, out_size):
+    """Linearly resamples `x` along one spatial axis (align_corners=True)."""
+    i0, i1, w1 = _linear_taps(in_size, out_size)
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    w1 = tf.reshape(tf.cast(w1, x.dtype), shape)
+    return (1.0 - w1) * tf.gather(x, i0, axis=axis) + w1 * tf.gather(x, i1, axis=axis)
+
+
+def resize_bilinear_align_corners(x, size):
+    """Bilinear resize of NHWC maps with PyTorch's `align_corners=True` sampling.
+
+    Equivalent to `F.interpolate(x, size, mode='bilinear', align_corners=True)`
+    of the reference (the corner pixels of input and output coincide). Written
+    as two gathers and lerps (width, then height, the order PyTorch sums in),
+    so it is differentiable with respect to `x`, compiles under XLA and runs
+    in the input's precision on every device (a matmul formulation would run in
+    TF32 on recent GPUs).
+
+    Args:
+      x: [B, h, w, C] float tensor.
+      size: (height, width) of the output, Python ints or scalar int tensors
+        (they must be static under XLA).
+
+    Returns:
+      [B, height, width, C] tensor of the dtype of `x`.
+    """
+    x = tf.convert_to_tensor(x)
+    in_shape = tf.shape(x)
+    height, width = size
+    x = _lerp_along(x, 2, in_shape[2], width)
+    return _lerp_along(x, 1, in_shape[1], height)
