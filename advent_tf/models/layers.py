@@ -51,8 +51,9 @@ class CeilMaxPool2D(keras.layers.Layer):
 
     @staticmethod
     def _output_size(size, strides):
-        # ceil((size + 2*1 - 3) / s) + 1; PyTorch's "window must start inside"
-        # correction never triggers for k=3, p=1, s<=2.
+        # ceil((size + 2*1 - 3) / s) + 1, for ints and int tensors alike;
+        # PyTorch's "last window must start inside" correction never triggers
+        # for k=3, p=1, s<=2.
         return -(-(size - 1) // strides) + 1
 
     def call(self, inputs):
@@ -60,7 +61,7 @@ class CeilMaxPool2D(keras.layers.Layer):
         pads = []
         for axis in (1, 2):
             size = shape[axis]
-            out = -(-(size - 1) // self.strides) + 1
+            out = self._output_size(size, self.strides)
             # Padded length a VALID pool needs: (out - 1) * s + 3.
             after = (out - 1) * self.strides + 3 - size - 1
             pads.append([1, after])

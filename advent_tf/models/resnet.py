@@ -94,7 +94,7 @@ def build_resnet(backbone="resnet101", num_classes=19, multi_level=True,
       ``main_logits``.
 
     Raises:
-      ValueError: On an unknown ``backbone``.
+      ValueError: On an unknown ``backbone`` or ``bn_mode``.
     """
     if backbone not in RESNET_BLOCKS:
         raise ValueError(

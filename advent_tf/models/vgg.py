@@ -16,8 +16,9 @@ DeepLab-V2 (Caffe) layout:
 Choices, documented because sources differ:
   * AdaptSegNet's ``DeeplabVGG`` (the PyTorch port the DA literature reuses)
     instead drops pool4/pool5 altogether, keeps torchvision's 2x2 floor
-    pools and makes fc7 a second 3x3 dilation-4 conv. We follow the DeepLab-V2
-    definition above, which the brief for this port specifies.
+    pools and makes fc7 a second 3x3 dilation-4 conv. We follow the original
+    DeepLab-V2 (Caffe) definition above, whose ceil-mode pools also give the
+    ResNet's output sizes.
   * Dropout after fc6/fc7 (Caffe DeepLab) is omitted, as in AdaptSegNet and
     the ResNet reference, which have none.
   * There is no batch normalisation, hence no BN mode, and no auxiliary head:
