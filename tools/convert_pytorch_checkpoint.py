@@ -1,0 +1,71 @@
+"""Converts an official ADVENT PyTorch checkpoint to a Keras .weights.h5 file.
+
+Examples:
+
+  # A released ADVENT model (multi-level ResNet-101, 19 classes).
+  python tools/convert_pytorch_checkpoint.py \
+      --input GTA2Cityscapes_AdvEnt.pth --output gta2cityscapes_advent.weights.h5
+
+  # The ImageNet initialisation (its classifier is skipped, as in the
+  # reference; the ASPP heads keep their fresh initialisation).
+  python tools/convert_pytorch_checkpoint.py \
+      --input DeepLab_resnet_pretrained_imagenet.pth --output init.weights.h5
+
+Load the result with the same model arguments:
+``build_segmenter(backbone, num_classes, multi_level).load_weights(output)``.
+See `advent_tf.convert` for the key mapping. Exits with status 1, writing
+nothing, if the checkpoint cannot be read safely or does not match the model.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from advent_tf import convert
+
+_INPUT = flags.DEFINE_string("input", None, "PyTorch checkpoint (.pth) to convert.")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Keras weights file to write; must end in .weights.h5.")
+_NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes", 19, "Classes of the checkpoint's heads (19 GTA5, 16 SYNTHIA).",
+    lower_bound=1)
+_MULTI_LEVEL = flags.DEFINE_bool(
+    "multi_level", True,
+    "Whether the network has the auxiliary layer5 head on layer3 (the "
+    "released ADVENT models do).")
+_BACKBONE = flags.DEFINE_enum(
+    "backbone", "resnet101", convert.BACKBONES, "Depth of the DeepLab-V2 ResNet.")
+
+flags.mark_flags_as_required(["input", "output"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        summary = convert.convert_checkpoint(
+            _INPUT.value, _OUTPUT.value, backbone=_BACKBONE.value,
+            num_classes=_NUM_CLASSES.value, multi_level=_MULTI_LEVEL.value)
+    except convert.ConversionError as err:
+        # The message lists every offending key; a traceback would bury it.
+        print(f"Conversion failed: {err}\nCheck --backbone, --num_classes and "
+              "--multi_level against the checkpoint.", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:
+        print(f"Conversion failed: {err}", file=sys.stderr)
+        return 1
+    logging.info("Read a %s checkpoint; wrote %d tensors to %s.",
+                 summary.checkpoint_format, summary.num_tensors, _OUTPUT.value)
+    if summary.skipped_keys:
+        logging.info("Skipped the initialisation's classifier (as the reference "
+                     "does): %s", ", ".join(summary.skipped_keys))
+    for source, target in summary.renamed_heads.items():
+        logging.info("Mapped the single-level head %s to the main head %s.",
+                     source, target)
+    if not summary.heads_converted:
+        logging.info("The ASPP heads keep their fresh initialisation.")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
