@@ -1,0 +1,196 @@
+"""Converts one split of a dataset into sharded TFRecords plus a manifest.
+
+Shards are written in parallel (one task per shard) into a temporary folder
+inside the output directory and moved to their final names only once every
+shard is complete, so an interrupted or failed conversion never leaves a
+truncated shard that looks valid, nor a mix of old and new shards.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from advent_tf import constants
+from advent_tf.data import example as example_lib
+from advent_tf.data import image_io
+from advent_tf.data import manifest as manifest_lib
+
+
+class ConversionError(Exception):
+    """Some samples could not be converted and skipping them was not asked for.
+
+    Attributes:
+      bad: list of (file, message) pairs, one per bad sample.
+    """
+
+    def __init__(self, split, bad):
+        self.bad = bad
+        lines = "\n".join(f"  {message}" for _, message in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        super().__init__(
+            f"split {split!r}: {len(bad)} sample(s) could not be converted, nothing "
+            f"written (pass skip_bad / --skip_bad to convert the rest):\n{lines}{more}")
+
+
+@dataclasses.dataclass
+class _ShardResult:
+    num_examples: int
+    class_counts: np.ndarray
+    ignored_pixels: int
+    sizes: collections.Counter
+    bad: list
+
+
+def convert_sample(sample, read_label, label_map):
+    """Reads, checks and serialises one sample.
+
+    Args:
+      sample: a `sources.Sample`.
+      read_label: path -> raw ids (see `sources.DatasetSource`).
+      label_map: a `labels.LabelMap`, or None for an unlabelled split.
+
+    Returns:
+      (serialised example, per-train-id pixel counts [256], (height, width)).
+
+    Raises:
+      image_io.BadSampleError: the message names the offending file.
+    """
+    image = image_io.read_image(sample.image_path)
+    if label_map is None:
+        return (example_lib.encode_example(image, sample.name),
+                np.zeros([256], np.int64), (image.height, image.width))
+    raw = read_label(sample.label_path)
+    if raw.shape != (image.height, image.width):
+        raise image_io.BadSampleError(
+            f"{sample.label_path}: label is {raw.shape[1]}x{raw.shape[0]} but image "
+            f"{sample.image_path} is {image.width}x{image.height} (WxH)")
+    try:
+        train_ids = label_map(raw)
+    except ValueError as e:
+        raise image_io.BadSampleError(f"{sample.label_path}: {e}") from e
+    counts = np.bincount(train_ids.ravel(), minlength=256)
+    return (example_lib.encode_example(image, sample.name,
+                                       image_io.encode_label_png(train_ids)),
+            counts, (image.height, image.width))
+
+
+def _write_shard(samples, read_label, label_map, path):
+    """Writes the good samples of one shard to `path`; reports the bad ones."""
+    counts = np.zeros([256], np.int64)
+    sizes = collections.Counter()
+    bad = []
+    num_examples = 0
+    with tf.io.TFRecordWriter(path) as writer:
+        for sample in samples:
+            try:
+                record, sample_counts, (height, width) = convert_sample(
+                    sample, read_label, label_map)
+            except image_io.BadSampleError as e:
+                bad.append((sample.image_path, str(e)))
+                continue
+            writer.write(record)
+            counts += sample_counts
+            sizes[f"{height}x{width}"] += 1
+            num_examples += 1
+    num_classes = label_map.num_classes if label_map is not None else 0
+    return _ShardResult(num_examples, counts[:num_classes],
+                        int(counts[constants.IGNORE_LABEL]), sizes, bad)
+
+
+def _run_shards(tasks, num_workers):
+    """Runs the shard tasks, in worker processes when num_workers > 1."""
+    if num_workers <= 1 or len(tasks) <= 1:
+        return [_write_shard(*task) for task in tasks]
+    # spawn, not fork: forking a process that has started TensorFlow's thread
+    # pools can deadlock the children.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+        return list(pool.map(_write_shard, *zip(*tasks)))
+
+
+def _remove_stale_shards(output_dir, split, keep):
+    for path in tf.io.gfile.glob(os.path.join(output_dir, example_lib.shard_glob(split))):
+        if os.path.basename(path) not in keep:
+            os.remove(path)
+
+
+def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_bad=False):
+    """Converts a dataset split to `{split}-%05d-of-%05d.tfrecord` shards.
+
+    Args:
+      source: a `sources.DatasetSource`.
+      output_dir: where shards and manifest go (created if needed). Shards of
+        an earlier conversion of the same split are replaced.
+      split: the split name used in file names.
+      num_shards: number of shards (at most one per sample); samples are
+        split into contiguous runs, so reading the shards in name order gives
+        the samples in `source` order.
+      num_workers: parallel worker processes.
+      skip_bad: convert the good samples and list the bad ones in the
+        manifest, instead of failing.
+
+    Returns:
+      The manifest dict, also written to `{split}_manifest.json`. Fields:
+      format_version, dataset, split, has_labels, num_examples, num_shards,
+      shards [{file, num_examples}], num_classes, class_names, ignore_label,
+      image_sizes {"HxW": count}, class_pixel_counts [num_classes],
+      ignored_pixel_count, skipped [{file, error}].
+
+    Raises:
+      ConversionError: some samples are bad and `skip_bad` is False; then
+        nothing is written.
+    """
+    start = time.time()
+    samples = list(source.samples)
+    num_shards = max(1, min(num_shards, len(samples)))
+    os.makedirs(output_dir, exist_ok=True)
+    temp_dir = tempfile.mkdtemp(prefix=f".incomplete-{split}-", dir=output_dir)
+    try:
+        names = [example_lib.shard_filename(split, i, num_shards) for i in range(num_shards)]
+        chunks = np.array_split(np.arange(len(samples)), num_shards)
+        tasks = [([samples[i] for i in chunk], source.read_label, source.label_map,
+                  os.path.join(temp_dir, name)) for chunk, name in zip(chunks, names)]
+        results = _run_shards(tasks, num_workers)
+        bad = [item for result in results for item in result.bad]
+        if bad and (not skip_bad or len(bad) == len(samples)):
+            raise ConversionError(split, bad)
+        for name in names:
+            os.replace(os.path.join(temp_dir, name), os.path.join(output_dir, name))
+        _remove_stale_shards(output_dir, split, set(names))
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+    has_labels = source.label_map is not None
+    num_classes = len(source.class_names)
+    sizes = sum((r.sizes for r in results), collections.Counter())
+    manifest = {
+        "format_version": manifest_lib.FORMAT_VERSION,
+        "dataset": source.dataset,
+        "split": split,
+        "has_labels": has_labels,
+        "num_examples": sum(r.num_examples for r in results),
+        "num_shards": num_shards,
+        "shards": [{"file": name, "num_examples": r.num_examples}
+                   for name, r in zip(names, results)],
+        "num_classes": num_classes,
+        "class_names": list(source.class_names),
+        "ignore_label": constants.IGNORE_LABEL,
+        "image_sizes": dict(sorted(sizes.items())),
+        "class_pixel_counts": (sum(r.class_counts for r in results).tolist()
+                               if has_labels else [0] * num_classes),
+        "ignored_pixel_count": sum(r.ignored_pixels for r in results),
+        "skipped": [{"file": f, "error": m} for f, m in bad],
+    }
+    manifest_lib.write_manifest(manifest, output_dir, split)
+    logging.info("%s: %d examples in %d shards (%d skipped) in %.1f s", split,
+                 manifest["num_examples"], num_shards, len(bad), time.time() - start)
+    return manifest
