@@ -35,3 +35,136 @@ def test_poly_schedule_config_round_trip():
     serialized = keras.optimizers.schedules.serialize(schedule)
     # Registered with Keras, so optimizer configs holding it deserialize as is.
     assert keras.optimizers.schedules.deserialize(serialized).horizon == 90_000
+
+
+# TorchSGD: the schedule's consumer. The trajectories come from PyTorch 2.13 and
+# 0.4.1 runs of SGD(lr=0.025, momentum=0.9, weight_decay=0.05).
+
+import subprocess
+import sys
+import textwrap
+
+import tensorflow as tf
+
+from advent_tf import optimizers
+
+_LR, _MOMENTUM, _WD = 0.025, 0.9, 0.05
+
+
+def _run_sgd(ref, repeats=1, jit=False, optimizer=None, variable=None, steps=None):
+    if variable is None:
+        variable = keras.Variable(ref["h_p0"], dtype="float64")
+    if optimizer is None:
+        optimizer = optimizers.TorchSGD(_LR, momentum=_MOMENTUM, weight_decay=_WD)
+        optimizer.set_update_repeats([variable], repeats)
+        optimizer.build([variable])
+
+    @tf.function(jit_compile=jit)
+    def step(grad):
+        optimizer.apply_gradients([(grad, variable)])
+
+    trajectory = []
+    for grad in ref["h_grads"][steps or slice(None)]:
+        step(tf.constant(grad))
+        trajectory.append(variable.numpy().copy())
+    return np.array(trajectory), optimizer, variable
+
+
+def test_torch_sgd_matches_pytorch(ref):
+    trajectory, _, _ = _run_sgd(ref)
+    # Keras keeps the learning rate as a float32 variable (0.025 + 4e-10), the
+    # only difference from PyTorch's float64 run.
+    np.testing.assert_allclose(trajectory, ref["h_traj_torch213_mult1"], rtol=1e-6)
+    np.testing.assert_allclose(trajectory, ref["h_traj_torch041_mult1"], rtol=1e-6)
+
+
+def test_torch_sgd_update_repeats_match_torch041_duplicates(ref):
+    trajectory, _, _ = _run_sgd(ref, repeats=3, jit=True)
+    np.testing.assert_allclose(trajectory, ref["h_traj_torch041_mult3"], rtol=1e-6)
+
+
+def test_torch_sgd_float32_under_xla(ref):
+    variable = keras.Variable(ref["h_p0"].astype(np.float32))
+    optimizer = optimizers.TorchSGD(_LR, momentum=_MOMENTUM, weight_decay=_WD)
+    optimizer.build([variable])
+    trajectory, _, _ = _run_sgd(ref, jit=True, optimizer=optimizer, variable=variable)
+    np.testing.assert_allclose(trajectory, ref["h_traj_torch213_mult1"], rtol=1e-6)
+
+
+def test_torch_sgd_lr_multiplier_and_schedule():
+    # One step from zero momentum: w1 = w0 - lr * mult * (g + wd * w0).
+    head = keras.Variable(np.ones(3), dtype="float64")
+    body = keras.Variable(np.ones(2), dtype="float64")
+    optimizer = optimizers.TorchSGD(
+        schedules.PolySchedule(1e-2, horizon=10), momentum=0.9, weight_decay=0.1)
+    optimizer.set_lr_multiplier([head], 10)
+    optimizer.build([head, body])
+    for _ in range(2):
+        optimizer.apply_gradients([(tf.ones(3, tf.float64), head), (tf.ones(2, tf.float64), body)])
+    lr0, lr1 = 1e-2, 1e-2 * 0.9 ** 0.9
+    for variable, mult in [(head, 10), (body, 1)]:
+        w1 = 1 - lr0 * mult * 1.1
+        buf = 0.9 * 1.1 + (1 + 0.1 * w1)
+        np.testing.assert_allclose(variable.numpy(), w1 - np.float32(lr1) * mult * buf, rtol=1e-6)
+
+
+def test_torch_sgd_checkpoint_restores_momentum(ref, tmp_path):
+    _, optimizer, variable = _run_sgd(ref, steps=slice(0, 2))
+    path = tf.train.Checkpoint(optimizer=optimizer, variable=variable).save(tmp_path / "ckpt")
+    restored_var = keras.Variable(np.zeros(4), dtype="float64")
+    restored = optimizers.TorchSGD.from_config(optimizer.get_config())
+    restored.build([restored_var])
+    tf.train.Checkpoint(optimizer=restored, variable=restored_var).restore(path).assert_consumed()
+    assert int(restored.iterations) == 2
+    np.testing.assert_array_equal(restored.momentums[0].numpy(), optimizer.momentums[0].numpy())
+    trajectory, _, _ = _run_sgd(ref, optimizer=restored, variable=restored_var, steps=slice(2, 5))
+    np.testing.assert_allclose(trajectory, ref["h_traj_torch213_mult1"][2:], rtol=1e-6)
+
+
+_MIRRORED_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from advent_tf import optimizers
+
+    data = np.load(sys.argv[1])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        plain = keras.Variable(data["h_p0"], dtype="float64")
+        repeated = keras.Variable(data["h_p0"], dtype="float64")
+        optimizer = optimizers.TorchSGD(0.025, momentum=0.9, weight_decay=0.05)
+        optimizer.set_update_repeats([repeated], 3)
+        optimizer.build([plain, repeated])
+
+    # No XLA here: an XLA cluster cannot hold the cross-replica all-reduce of
+    # apply_gradients on these logical CPU devices (jit is tested on one device).
+    def replica_step(grad):
+        # Each replica holds half the gradient; the all-reduce sums them.
+        half = grad / 2
+        optimizer.apply_gradients([(half, plain), (half, repeated)])
+
+    @tf.function
+    def step(grad):
+        strategy.run(replica_step, args=(grad,))
+
+    for grad in data["h_grads"]:
+        step(tf.constant(grad))
+    np.testing.assert_allclose(plain.numpy(), data["h_traj_torch213_mult1"][-1], rtol=1e-6)
+    np.testing.assert_allclose(repeated.numpy(), data["h_traj_torch041_mult3"][-1], rtol=1e-6)
+    print("OK", strategy.num_replicas_in_sync)
+""")
+
+
+def test_torch_sgd_under_mirrored_strategy(tmp_path, ref):
+    # Logical devices must be configured before TF initialises: fresh process.
+    data = tmp_path / "sgd.npz"
+    np.savez(data, **{k: ref[k] for k in ("h_p0", "h_grads", "h_traj_torch213_mult1",
+                                          "h_traj_torch041_mult3")})
+    result = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT, str(data)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK 2" in result.stdout
