@@ -1,5 +1,10 @@
 """Tests for advent_tf.metrics against the reference's confusion matrix and IoU."""
 
+import pathlib
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -61,3 +66,45 @@ def test_format_iou_table(ref):
     assert lines[-1].endswith(f"{100 * ref['c_miou']:.2f}")
     with pytest.raises(ValueError):
         metrics.format_iou_table(ref["c_hist"], constants.CITYSCAPES_CLASS_NAMES[:3])
+
+
+# The subprocess imports advent_tf from the checkout, wherever pytest runs.
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+_MIRRORED_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2)
+    from advent_tf import metrics
+
+    data = np.load(sys.argv[1])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        metric = metrics.ConfusionMatrix(19)
+    dataset = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((data["c_gt"], data["c_pred"])).batch(2))
+
+    @tf.function
+    def update(gt, pred):
+        strategy.run(metric.update_state, args=(gt, pred))
+
+    for gt, pred in dataset:
+        update(gt, pred)
+    # Each replica counted one image; reading the metric sums the replicas.
+    np.testing.assert_array_equal(metric.confusion_matrix(), data["c_hist"])
+    np.testing.assert_allclose(float(metric.result()), float(data["c_miou"]), rtol=1e-6)
+    print("OK", strategy.num_replicas_in_sync)
+""")
+
+
+def test_confusion_matrix_under_mirrored_strategy(tmp_path, ref):
+    # Logical devices must be configured before TF initialises: fresh process.
+    data = tmp_path / "hist.npz"
+    np.savez(data, **{k: ref[k] for k in ("c_gt", "c_pred", "c_hist", "c_miou")})
+    result = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT, str(data)],
+                            capture_output=True, text=True, timeout=300, cwd=_REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK 2" in result.stdout

@@ -1,8 +1,19 @@
-"""Tests for advent_tf.schedules against the reference's poly learning rates."""
+"""Tests for advent_tf.schedules and its consumer advent_tf.optimizers.
+
+The poly learning rates and the SGD trajectories come from the reference. The
+optimizer is tested here, beside the schedule it consumes.
+"""
+
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from advent_tf import optimizers
 from advent_tf import schedules
 
 
@@ -37,17 +48,8 @@ def test_poly_schedule_config_round_trip():
     assert keras.optimizers.schedules.deserialize(serialized).horizon == 90_000
 
 
-# TorchSGD: the schedule's consumer. The trajectories come from PyTorch 2.13 and
-# 0.4.1 runs of SGD(lr=0.025, momentum=0.9, weight_decay=0.05).
-
-import subprocess
-import sys
-import textwrap
-
-import tensorflow as tf
-
-from advent_tf import optimizers
-
+# TorchSGD: the trajectories come from PyTorch 2.13 and 0.4.1 runs of
+# SGD(lr=0.025, momentum=0.9, weight_decay=0.05).
 _LR, _MOMENTUM, _WD = 0.025, 0.9, 0.05
 
 
@@ -121,6 +123,9 @@ def test_torch_sgd_checkpoint_restores_momentum(ref, tmp_path):
     np.testing.assert_allclose(trajectory, ref["h_traj_torch213_mult1"][2:], rtol=1e-6)
 
 
+# The subprocess imports advent_tf from the checkout, wherever pytest runs.
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 _MIRRORED_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
@@ -165,6 +170,6 @@ def test_torch_sgd_under_mirrored_strategy(tmp_path, ref):
     np.savez(data, **{k: ref[k] for k in ("h_p0", "h_grads", "h_traj_torch213_mult1",
                                           "h_traj_torch041_mult3")})
     result = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT, str(data)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, cwd=_REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK 2" in result.stdout
