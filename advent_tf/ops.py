@@ -60,14 +60,14 @@ def resize_bilinear_align_corners(x, size):
 
     Args:
       x: [B, h, w, C] float tensor.
-      size: (height, width) of the output, Python ints or scalar int tensors
-        (they must be static under XLA).
+      size: (height, width) of the output: Python ints, scalar int tensors or
+        a [2] int tensor such as `tf.shape(images)[1:3]` (static under XLA).
 
     Returns:
       [B, height, width, C] tensor of the dtype of `x`.
     """
     x = tf.convert_to_tensor(x)
     in_shape = tf.shape(x)
-    height, width = size
+    height, width = size[0], size[1]
     x = _lerp_along(x, 2, in_shape[2], width)
     return _lerp_along(x, 1, in_shape[1], height)

@@ -45,3 +45,16 @@ def test_resize_matches_tf_compat_align_corners():
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(tape.gradient(loss_ours, x).numpy(),
                                tape.gradient(loss_theirs, x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_resize_accepts_shape_slice_in_graph():
+    # Callers pass tf.shape(images)[1:3]; a [2] tensor cannot be unpacked in a graph.
+    x = tf.random.stateless_normal([1, 4, 5, 2], seed=(7, 8))
+    images = tf.zeros([1, 7, 9, 3])
+
+    @tf.function(jit_compile=True)
+    def resize(t, images):
+        return ops.resize_bilinear_align_corners(t, tf.shape(images)[1:3])
+
+    np.testing.assert_allclose(resize(x, images).numpy(),
+                               ops.resize_bilinear_align_corners(x, (7, 9)).numpy(), rtol=1e-6)
