@@ -134,11 +134,14 @@ def ranked_entropy_loss(prob, top_fraction):
       Scalar float32 loss.
 
     Raises:
-      ValueError: if top_fraction is outside (0, 1].
+      ValueError: if top_fraction is outside (0, 1] or H, W are not static
+        (XLA's top-k needs a constant k).
     """
     if not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}.")
     entropy = entropy_map(prob)
+    if entropy.shape[1] is None or entropy.shape[2] is None:
+        raise ValueError(f"ranked_entropy_loss needs a static H and W, got {prob.shape}.")
     num_pixels = entropy.shape[1] * entropy.shape[2]
     k = max(1, math.floor(top_fraction * num_pixels + 0.5))
     flat = tf.reshape(entropy, [-1, num_pixels])
