@@ -96,12 +96,16 @@ class ResNetMulti(nn.Module):
                    for _ in range(1, num_blocks)]
         return nn.Sequential(*layers)
 
+    def backbone(self, x):
+        """Returns the ``(layer3, layer4)`` features the heads see."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x3 = self.layer3(self.layer2(self.layer1(x)))
+        return x3, self.layer4(x3)
+
     def forward(self, x):
         """Returns ``(aux_logits, main_logits)``, or main logits if single-level."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
-        x3 = self.layer3(x)
-        main = getattr(self, self.main_head_name)(self.layer4(x3))
+        x3, x4 = self.backbone(x)
+        main = getattr(self, self.main_head_name)(x4)
         if self.multi_level:
             return self.layer5(x3), main
         return main
