@@ -1,0 +1,249 @@
+"""The converter tool on tiny datasets built here in their real on-disk layouts."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from absl import flags
+from absl.testing import flagsaver
+import numpy as np
+import PIL.Image
+import pytest
+import tensorflow as tf
+
+from advent_tf.data import example as example_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TOOL = REPO / "tools" / "convert_to_tfrecord.py"
+H, W = 8, 12
+
+
+def _load_tool():
+    if "convert_to_tfrecord" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("convert_to_tfrecord", TOOL)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["convert_to_tfrecord"] = module
+    return sys.modules["convert_to_tfrecord"]
+
+
+def run_tool(capsys=None, **flag_values):
+    """Runs the tool's main() with these flags; returns (exit code, stderr)."""
+    tool = _load_tool()
+    flag_values.setdefault("num_workers", 1)  # In-process: no worker start-up cost.
+    argv = ["convert_to_tfrecord"] + [
+        f"--{k}={v}" if not isinstance(v, bool) else (f"--{k}" if v else f"--no{k}")
+        for k, v in flag_values.items()]
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(argv)
+        code = tool.main([])
+    err = capsys.readouterr().err if capsys else ""
+    return code, err
+
+
+def _rgb(seed, h=H, w=W):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _save(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # GTA5 labels are palette PNGs whose indices are the ids.
+    image = _palette(array) if mode == "P" else PIL.Image.fromarray(array)
+    image.save(path)
+
+
+def _palette(ids):
+    image = PIL.Image.new("P", (ids.shape[1], ids.shape[0]))
+    image.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
+    image.putdata(ids.ravel().tolist())
+    return image
+
+
+def _ids(seed, choices, h=H, w=W):
+    return np.random.default_rng(seed).choice(choices, (h, w)).astype(np.uint8)
+
+
+def make_gta5(root, n=3):
+    for i in range(n):
+        _save(root / "images" / f"{i:05d}.png", _rgb(i))
+        _save(root / "labels" / f"{i:05d}.png", _ids(i, [0, 7, 8, 26, 33]), mode="P")
+    return root
+
+
+def make_cityscapes(root, split="val"):
+    for city, n in (("aachen", 2), ("bonn", 1)):
+        for i in range(n):
+            stem = f"{city}_{i:06d}_000019"
+            _save(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", _rgb(i))
+            _save(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+                  _ids(i, [1, 7, 11, 24]))
+    return root
+
+
+def make_synthia(root, n=2):
+    for i in range(n):
+        _save(root / "RGB" / f"{i:07d}.png", _rgb(i))
+        ids = np.random.default_rng(i).choice([0, 3, 11, 16], (H, W)).astype(np.uint16)
+        # Class id in channel 0, an instance id (large, 16-bit) in channel 1.
+        label = np.stack([ids, np.full_like(ids, 4000), np.zeros_like(ids)], -1)
+        path = root / "GT" / "LABELS" / f"{i:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tf.io.encode_png(label).numpy())
+    return root
+
+
+def make_folder(root):
+    _save(root / "images" / "a.jpg", _rgb(1))
+    _save(root / "images" / "sub" / "b.png", _rgb(2))
+    _save(root / "labels" / "a.png", _ids(1, [5, 6]))
+    _save(root / "labels" / "sub" / "b.png", _ids(2, [5, 9]))
+    (root / "map.txt").write_text("5 0\n6 1\n9 255\n")
+    return root
+
+
+def read_split(directory, split):
+    files = sorted(tf.io.gfile.glob(os.path.join(directory, example_lib.shard_glob(split))))
+    examples = [example_lib.parse_example(r) for r in tf.data.TFRecordDataset(files)]
+    return files, examples
+
+
+def _label(example):
+    return tf.io.decode_png(example["label"]).numpy()[..., 0]
+
+
+def test_gta5(tmp_path):
+    root = make_gta5(tmp_path / "GTA5")
+    code, _ = run_tool(dataset="gta5", root=root, output_dir=tmp_path / "out", num_shards=2)
+    assert code == 0
+    files, examples = read_split(tmp_path / "out", "train")
+    assert [os.path.basename(f) for f in files] == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    assert [e["filename"].numpy() for e in examples] == [b"00000.png", b"00001.png", b"00002.png"]
+    raw = np.asarray(PIL.Image.open(root / "labels" / "00001.png"))
+    lut = {0: 255, 7: 0, 8: 1, 26: 13, 33: 18}
+    np.testing.assert_array_equal(_label(examples[1]), np.vectorize(lut.get)(raw))
+    np.testing.assert_array_equal(tf.io.decode_png(examples[1]["image"]), _rgb(1))
+    manifest = json.loads((tmp_path / "out" / "train_manifest.json").read_text())
+    assert manifest["num_examples"] == 3 and manifest["image_sizes"] == {f"{H}x{W}": 3}
+    assert sum(manifest["class_pixel_counts"]) + manifest["ignored_pixel_count"] == 3 * H * W
+    assert manifest["class_pixel_counts"][13] == sum(
+        int((np.asarray(PIL.Image.open(p)) == 26).sum())
+        for p in sorted((root / "labels").iterdir()))
+    assert [s["num_examples"] for s in manifest["shards"]] == [2, 1]
+
+
+def test_cityscapes_labelled_and_unlabelled(tmp_path):
+    root = make_cityscapes(tmp_path / "cs")
+    assert run_tool(dataset="cityscapes", root=root, split="val", output_dir=tmp_path / "out")[0] == 0
+    _, examples = read_split(tmp_path / "out", "val")
+    assert examples[0]["filename"].numpy() == b"aachen/aachen_000000_000019_leftImg8bit.png"
+    assert set(np.unique(_label(examples[0]))) <= {255, 0, 2, 11}
+    assert run_tool(dataset="cityscapes", root=root, split="val", labels=False,
+                    output_dir=tmp_path / "unl")[0] == 0
+    _, examples = read_split(tmp_path / "unl", "val")
+    assert examples[0]["label"].numpy() == b""
+    manifest = json.loads((tmp_path / "unl" / "val_manifest.json").read_text())
+    assert not manifest["has_labels"] and manifest["num_examples"] == 3
+
+
+@pytest.mark.parametrize("num_classes", [19, 16])
+def test_synthia_16_bit_labels(tmp_path, num_classes):
+    root = make_synthia(tmp_path / "syn")
+    assert run_tool(dataset="synthia", root=root, num_classes=num_classes,
+                    output_dir=tmp_path / "out")[0] == 0
+    _, examples = read_split(tmp_path / "out", "train")
+    ids = np.random.default_rng(0).choice([0, 3, 11, 16], (H, W))
+    expected = {0: 255, 3: 0, 11: 18 if num_classes == 19 else 15,
+                16: 9 if num_classes == 19 else 255}
+    np.testing.assert_array_equal(_label(examples[0]), np.vectorize(expected.get)(ids))
+    manifest = json.loads((tmp_path / "out" / "train_manifest.json").read_text())
+    assert manifest["num_classes"] == len(manifest["class_names"]) == num_classes
+
+
+def test_folder_with_label_map(tmp_path):
+    root = make_folder(tmp_path / "mine")
+    code, _ = run_tool(dataset="folder", root=root, label_map=root / "map.txt", num_classes=2,
+                       class_names="ground,thing", output_dir=tmp_path / "out")
+    assert code == 0
+    _, examples = read_split(tmp_path / "out", "train")
+    assert [e["filename"].numpy() for e in examples] == [b"a.jpg", b"sub/b.png"]
+    assert tf.io.is_jpeg(examples[0]["image"])  # JPEG kept as is, not re-encoded.
+    assert set(np.unique(_label(examples[1]))) <= {0, 255}
+    manifest = json.loads((tmp_path / "out" / "train_manifest.json").read_text())
+    assert manifest["class_names"] == ["ground", "thing"]
+
+
+def _no_output(directory):
+    return not directory.exists() or not [
+        p for p in directory.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "00001.png: not a decodable image"),
+    ("size", "labels/00001.png: label is 13x8 but image"),
+    ("unknown_id", "labels/00001.png: label ids [200]"),
+    ("missing_label", "labels/00001.png: cannot read file"),
+    ("colour_label", "labels/00001.png: expected a single-channel"),
+])
+def test_bad_samples_fail_cleanly_unless_skipped(tmp_path, capsys, damage, message):
+    root = make_gta5(tmp_path / "GTA5")
+    image, label = root / "images" / "00001.png", root / "labels" / "00001.png"
+    if damage == "truncated":
+        image.write_bytes(image.read_bytes()[:60])
+    elif damage == "size":
+        _save(label, _ids(1, [7], w=W + 1), mode="P")
+    elif damage == "unknown_id":
+        _save(label, _ids(1, [7, 200]), mode="P")
+    elif damage == "missing_label":
+        label.unlink()
+    elif damage == "colour_label":
+        _save(label, _rgb(1))
+    out = tmp_path / "out"
+    code, err = run_tool(capsys, dataset="gta5", root=root, output_dir=out, num_shards=2)
+    assert code == 1 and message in err and "1 sample(s)" in err
+    assert _no_output(out)  # No shard, no temporary file, no manifest.
+
+    code, err = run_tool(capsys, dataset="gta5", root=root, output_dir=out, num_shards=2,
+                         skip_bad=True)
+    assert code == 0 and message in err
+    manifest = json.loads((out / "train_manifest.json").read_text())
+    assert manifest["num_examples"] == 2 and message in manifest["skipped"][0]["error"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "train_manifest.json"]
+
+
+def test_missing_directory_and_list_entry(tmp_path, capsys):
+    code, err = run_tool(capsys, dataset="cityscapes", root=tmp_path / "nowhere", split="val",
+                         output_dir=tmp_path / "out")
+    assert code == 2 and "leftImg8bit/val: missing directory" in err
+    root = make_gta5(tmp_path / "GTA5")
+    (tmp_path / "list.txt").write_text("00000.png\n00042.png\n")
+    code, err = run_tool(capsys, dataset="gta5", root=root, list_file=tmp_path / "list.txt",
+                         output_dir=tmp_path / "out")
+    assert code == 1 and "images/00042.png: cannot read file" in err
+
+
+def test_reconversion_replaces_old_shards(tmp_path):
+    root = make_gta5(tmp_path / "GTA5")
+    out = tmp_path / "out"
+    assert run_tool(dataset="gta5", root=root, output_dir=out, num_shards=3)[0] == 0
+    assert run_tool(dataset="gta5", root=root, output_dir=out, num_shards=1)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "train-00000-of-00001.tfrecord", "train_manifest.json"]
+
+
+def test_subprocess_with_parallel_workers(tmp_path):
+    root = make_cityscapes(tmp_path / "cs")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, str(TOOL), "--dataset=cityscapes", f"--root={root}", "--split=val",
+         f"--output_dir={tmp_path / 'out'}", "--num_shards=2", "--num_workers=2"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cityscapes val: 3 examples in 2 shards" in result.stdout
+    _, examples = read_split(tmp_path / "out", "val")
+    assert len(examples) == 3
