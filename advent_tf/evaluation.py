@@ -1,0 +1,170 @@
+"""The reference evaluation protocol: upsampled main logits, argmax, one confusion matrix.
+
+Images come at the evaluation size (1024x512 for Cityscapes); the main head's
+logits are upsampled bilinearly (align_corners=True) to the label resolution
+(2048x1024), optionally averaged over an ensemble with weights (the paper's
+AdvEnt+MinEnt: 0.5/0.5), and the argmax is accumulated into one confusion
+matrix over the whole split. `summarize` turns the matrix into the figures
+the paper reports: per-class IoU and mIoU in %, and for SYNTHIA the 16-class
+and 13-class mIoU from the same matrix.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from advent_tf import constants
+from advent_tf import metrics
+from advent_tf import ops
+from advent_tf.data import labels as labels_lib
+from advent_tf.models import split_outputs
+
+
+def ensemble_logits(members, images, output_size):
+    """Weighted sum of the members' main logits upsampled to `output_size`.
+
+    Args:
+      members: list of (segmenter, weight).
+      images: preprocessed [B, h, w, 3] batch.
+      output_size: (height, width) of the labels.
+
+    Returns:
+      float32 [B, H, W, C] logits.
+    """
+    total = 0.0
+    for segmenter, weight in members:
+        _, main = split_outputs(segmenter(images, training=False))
+        total += weight * ops.resize_bilinear_align_corners(tf.cast(main, tf.float32),
+                                                            output_size)
+    return total
+
+
+def label_mapping(label_num_classes, num_classes):
+    """The lookup from stored label ids to the model's class ids, if they differ.
+
+    Cityscapes val converted once with 19 classes serves the SYNTHIA (16-class)
+    models too: terrain, truck and train become ignored pixels, as they are in
+    a split converted with 16 classes.
+
+    Args:
+      label_num_classes: classes of the stored labels (from the split's manifest).
+      num_classes: classes of the model.
+
+    Returns:
+      None when no mapping is needed, else an int32 [256] table.
+
+    Raises:
+      ValueError: no mapping between the two settings.
+    """
+    if label_num_classes == num_classes:
+        return None
+    if (label_num_classes, num_classes) != (19, 16):
+        raise ValueError(f"labels with {label_num_classes} classes cannot score a "
+                         f"{num_classes}-class model")
+    table = np.full(256, constants.IGNORE_LABEL, np.int32)
+    table[list(constants.SYNTHIA_16_FROM_19)] = np.arange(16)
+    return table
+
+
+def evaluate(members, dataset, num_classes, progress=None, label_table=None):
+    """Scores an ensemble (or one model) on a labelled evaluation dataset.
+
+    Args:
+      members: list of (segmenter, weight); one model is [(model, 1.0)].
+      dataset: from `advent_tf.data.pipeline.make_eval_dataset` (dicts with
+        "image" and full-resolution "label").
+      num_classes: number of classes of the segmenters.
+      progress: optional callable(num_images_done) called after each batch.
+      label_table: optional int32 [256] lookup applied to the labels (see
+        `label_mapping`).
+
+    Returns:
+      The confusion matrix as a numpy [C, C] array (rows = ground truth).
+    """
+    confusion = metrics.ConfusionMatrix(num_classes)
+    table = None if label_table is None else tf.constant(label_table, tf.int32)
+
+    @tf.function
+    def step(images, labels):
+        if table is not None:
+            labels = tf.gather(table, labels)
+        logits = ensemble_logits(members, images, tf.shape(labels)[1:3])
+        confusion.update_state(labels, tf.argmax(logits, axis=-1, output_type=tf.int32))
+        return tf.shape(images)[0]
+
+    done = 0
+    for batch in dataset:
+        done += int(step(batch["image"], batch["label"]))
+        if progress is not None:
+            progress(done)
+    return confusion.confusion_matrix()
+
+
+def _percent(value):
+    """A fraction as a JSON-friendly percentage (NaN, for an absent class, as None)."""
+    return None if np.isnan(value) else float(100.0 * value)
+
+
+def summarize(hist, class_subset=None):
+    """The figures the paper reports, from one confusion matrix.
+
+    Args:
+      hist: [C, C] confusion matrix (rows = ground truth), C = 19 or 16.
+      class_subset: None, or 13 with a 16-class matrix: also the mIoU over the
+        13 classes of the SYNTHIA benchmark (the 16 without wall, fence, pole),
+        taken from the same per-class IoUs, as the paper reports it.
+
+    Returns:
+      JSON-serialisable dict: "num_classes", "iou" {class name: IoU in %,
+      None for a class absent from labels and predictions}, "miou" (%),
+      "num_pixels" (labelled pixels scored), "confusion_matrix" (so that
+      cached results can be re-read exactly), and with a subset "miou_13".
+
+    Raises:
+      ValueError: a subset other than 13 of 16 classes.
+    """
+    hist = np.asarray(hist, np.float64)
+    num_classes = hist.shape[0]
+    names = labels_lib.class_names(num_classes)
+    iou = metrics.per_class_iou(hist)
+    summary = {
+        "num_classes": num_classes,
+        "iou": {name: _percent(value) for name, value in zip(names, iou)},
+        "miou": _percent(metrics.mean_iou(hist)),
+        "num_pixels": int(hist.sum()),
+        "confusion_matrix": hist.astype(np.int64).tolist(),
+    }
+    if class_subset is not None:
+        if (class_subset, num_classes) != (13, 16):
+            raise ValueError(f"class_subset={class_subset} needs the 16-class (SYNTHIA) "
+                             f"setting with subset 13, got {num_classes} classes")
+        subset = [constants.SYNTHIA_16_FROM_19.index(i) for i in constants.SYNTHIA_13_FROM_19]
+        values = iou[subset]
+        summary["miou_13"] = None if np.all(np.isnan(values)) else float(
+            100.0 * np.nanmean(values))
+    return summary
+
+
+def format_summary(summary):
+    """The per-class IoU table of a `summarize` result, as the reference prints it."""
+    hist = np.asarray(summary["confusion_matrix"], np.float64)
+    names = labels_lib.class_names(hist.shape[0])
+    table = metrics.format_iou_table(hist, names)
+    if "miou_13" not in summary:
+        return table
+    # The 16 class names include "traffic light", longer than "mIoU-13": same column.
+    width = max(len(name) for name in names)
+    value = float("nan") if summary["miou_13"] is None else summary["miou_13"]
+    return f"{table}\n{'mIoU-13':<{width}}  {value:6.2f}"
+
+
+def write_scalars(writer, summary, step, prefix="eval"):
+    """mIoU(s) and per-class IoU of a `summarize` result as TensorBoard scalars."""
+    scalars = {f"{prefix}/mIoU": summary["miou"], f"{prefix}/mIoU_13": summary.get("miou_13")}
+    scalars.update({f"{prefix}/IoU/{name.replace(' ', '_')}": value
+                    for name, value in summary["iou"].items()})
+    with writer.as_default():
+        for tag, value in scalars.items():
+            # An undefined IoU is left out rather than drawn as 0.
+            if value is not None:
+                tf.summary.scalar(tag, value, step=step)
+    writer.flush()

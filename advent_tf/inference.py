@@ -1,0 +1,65 @@
+"""Raw images in, class map and entropy out: the one inference path of predict and export.
+
+The steps are those of evaluation, so that a served or predicted map is the
+one the evaluation scored: the RGB image is resized to the network's input
+size as the evaluation pipeline resizes it (`transforms.resize_image`),
+preprocessed by `preprocessing.preprocess_image`, and the main logits
+(weighted over an ensemble) are upsampled with align_corners=True back to the
+image's own resolution before the softmax, the argmax and the entropy (eq. 2).
+"""
+
+import tensorflow as tf
+
+from advent_tf import evaluation
+from advent_tf import losses
+from advent_tf import preprocessing
+from advent_tf.data import transforms
+
+
+def decode_image(encoded):
+    """Decodes one PNG, JPEG, BMP or GIF (first frame) to uint8 RGB [H, W, 3].
+
+    Raises:
+      tf.errors.InvalidArgumentError: empty, truncated, corrupt or unknown
+        data (TensorFlow's decoders reject truncated PNG and JPEG).
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def logits_at_input_resolution(members, images, model_size):
+    """Weighted main logits of RGB images, at the images' own resolution.
+
+    Args:
+      members: list of (segmenter, weight).
+      images: uint8 or float RGB [B, H, W, 3] in [0, 255].
+      model_size: (height, width) the network sees (the evaluation size).
+
+    Returns:
+      float32 [B, H, W, C] logits.
+    """
+    images = tf.cast(images, tf.float32)
+    inputs = preprocessing.preprocess_image(transforms.resize_image(images, model_size))
+    return evaluation.ensemble_logits(members, inputs, tf.shape(images)[1:3])
+
+
+def segment(logits):
+    """Class map, entropy map (eq. 2, in [0, 1]) and probabilities of logits.
+
+    Args:
+      logits: float32 [B, H, W, C].
+
+    Returns:
+      {"class_map": int32 [B, H, W], "entropy": float32 [B, H, W],
+       "probabilities": float32 [B, H, W, C]}.
+    """
+    probabilities = tf.nn.softmax(logits, axis=-1)
+    # The losses compile eq. 2 with XLA; exported graphs must run without it
+    # (TF Serving disables XLA on CPU unless --xla_cpu_compilation_enabled),
+    # so the same formula is taken uncompiled.
+    self_information = losses.self_information_map.python_function(probabilities)
+    return {
+        "class_map": tf.argmax(logits, axis=-1, output_type=tf.int32),
+        "entropy": tf.reduce_sum(self_information, axis=-1),
+        "probabilities": probabilities,
+    }

@@ -1,0 +1,130 @@
+r"""Segments images and writes what to look at: colour map, entropy map, overlay.
+
+    python -m advent_tf.predict --checkpoints=runs/gta2cityscapes_advent \
+        --inputs=photos/,extra.jpg --output_dir=predictions
+    python -m advent_tf.predict --saved_model=serving/advent \
+        --inputs=photos/ --output_dir=predictions
+
+For each image (directories are searched recursively for PNG, JPEG, BMP and
+GIF files) three PNGs, at the image's resolution, under --output_dir with the
+input's relative path: NAME_color.png (Cityscapes palette), NAME_entropy.png
+(eq. 2, dark = confident; the paper's Figure 1/3 view) and NAME_overlay.png.
+An unreadable image is reported and skipped, and the others are still
+processed; the exit status is non-zero only when no image could be processed.
+"""
+
+import os
+
+import tensorflow as tf
+from absl import app
+from absl import flags
+from absl import logging
+
+from advent_tf import inference
+from advent_tf import model_flags
+from advent_tf import serving
+from advent_tf import visualize
+
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+_INPUTS = flags.DEFINE_list("inputs", None, "Image files and/or directories of images.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the PNGs are written.")
+_SAVED_MODEL = flags.DEFINE_string(
+    "saved_model", None,
+    "An exported SavedModel (version directory, or the base directory: newest version), "
+    "instead of --checkpoints.")
+_IMAGE_SIZE = flags.DEFINE_list("image_size", ["1024", "512"],
+                                "WIDTH,HEIGHT the network sees (with --checkpoints).")
+_ALPHA = flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the colours in the overlay.",
+                            lower_bound=0.0, upper_bound=1.0)
+
+flags.mark_flags_as_required(["inputs", "output_dir"])
+
+
+def list_images(inputs):
+    """(path, output name without extension) of every image to process, in order.
+
+    Files named explicitly are always tried; directories contribute their
+    files with an image extension, recursively, named by their relative path.
+    """
+    found = []
+    for item in inputs:
+        if not os.path.isdir(item):
+            found.append((item, os.path.splitext(os.path.basename(item))[0]))
+            continue
+        for root, dirs, files in os.walk(item):
+            dirs.sort()
+            for name in sorted(files):
+                if name.lower().endswith(_IMAGE_EXTENSIONS):
+                    path = os.path.join(root, name)
+                    found.append((path, os.path.splitext(os.path.relpath(path, item))[0]))
+    return found
+
+
+def _checkpoint_predictor():
+    """Predictor over the --checkpoints, and its number of classes."""
+    members, sources = model_flags.load_members()
+    logging.info("Model: %s", ", ".join(sources))
+    model_size = model_flags.parse_size(_IMAGE_SIZE.value, "image_size")
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
+    def predict(images):
+        return inference.segment(
+            inference.logits_at_input_resolution(members, images, model_size))
+
+    return predict, model_flags.num_classes()
+
+
+def _saved_model_predictor():
+    """Predictor over the --saved_model's image_tensor signature, and its number of classes."""
+    try:
+        path = serving.resolve_saved_model(_SAVED_MODEL.value)
+    except FileNotFoundError as e:
+        raise app.UsageError(str(e))
+    logging.info("Model: %s", path)
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures["image_tensor"]
+    return (lambda images: signature(images=images)), int(loaded.num_classes.numpy())
+
+
+def _write(image, outputs, num_classes, output_base):
+    colours = visualize.colorize(outputs["class_map"][0].numpy(), num_classes)
+    visualize.save_png(output_base + "_color.png", colours)
+    visualize.save_png(output_base + "_entropy.png",
+                       visualize.entropy_image(outputs["entropy"][0].numpy()))
+    visualize.save_png(output_base + "_overlay.png",
+                       visualize.overlay(image, colours, _ALPHA.value))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if bool(_SAVED_MODEL.value) == bool(model_flags.CHECKPOINTS.value):
+        raise app.UsageError("give exactly one of --checkpoints and --saved_model")
+    images = list_images(_INPUTS.value)
+    if not images:
+        raise app.UsageError(f"no image found in {_INPUTS.value}")
+    predict, num_classes = (_saved_model_predictor() if _SAVED_MODEL.value
+                            else _checkpoint_predictor())
+    skipped = []
+    for index, (path, name) in enumerate(images, 1):
+        try:
+            with open(path, "rb") as f:
+                image = inference.decode_image(f.read())
+        except (OSError, tf.errors.InvalidArgumentError) as e:
+            message = getattr(e, "message", None) or str(e)
+            logging.error("Skipping %s: unreadable image (%s)", path, message.strip())
+            skipped.append(path)
+            continue
+        _write(image.numpy(), predict(image[None]), num_classes,
+               os.path.join(_OUTPUT_DIR.value, name))
+        logging.info("[%d/%d] %s", index, len(images), path)
+    done = len(images) - len(skipped)
+    print(f"{done} image(s) segmented into {_OUTPUT_DIR.value}; {len(skipped)} skipped"
+          + (f" (unreadable: {', '.join(skipped)})" if skipped else ""))
+    if done == 0:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

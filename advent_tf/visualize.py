@@ -1,0 +1,75 @@
+"""Pictures of predictions: Cityscapes colours, entropy maps, overlays (numpy, PIL).
+
+Colours are always those of the 19 Cityscapes classes: a 16-class (SYNTHIA)
+prediction is mapped back to the 19-class ids first, so a "car" is the same
+blue whatever the setting.
+"""
+
+import os
+
+import numpy as np
+import PIL.Image
+
+from advent_tf import constants
+
+# Anchors of a dark-to-bright colour ramp (black, purple, red, orange, pale
+# yellow: the look of the paper's entropy figures); confident pixels are dark.
+_RAMP = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)],
+                 dtype=np.float32)
+
+
+def palette(num_classes):
+    """The [num_classes, 3] uint8 RGB colours of a 19- or 16-class setting.
+
+    Raises:
+      ValueError: another number of classes.
+    """
+    if num_classes == 19:
+        return constants.CITYSCAPES_PALETTE
+    if num_classes == 16:
+        return constants.CITYSCAPES_PALETTE[list(constants.SYNTHIA_16_FROM_19)]
+    raise ValueError(f"no Cityscapes palette for {num_classes} classes (19 or 16)")
+
+
+def colorize(class_map, num_classes):
+    """Colour-codes a class map; ids outside [0, num_classes) (e.g. 255) are black.
+
+    Args:
+      class_map: integer [H, W] class ids.
+      num_classes: 19 or 16.
+
+    Returns:
+      uint8 [H, W, 3] RGB.
+    """
+    colours = np.zeros((256, 3), np.uint8)
+    colours[:num_classes] = palette(num_classes)
+    ids = np.asarray(class_map)
+    return colours[np.where((ids >= 0) & (ids < num_classes), ids, 255)]
+
+
+def entropy_image(entropy):
+    """Renders an entropy map in [0, 1] (eq. 2) with the colour ramp.
+
+    Args:
+      entropy: float [H, W], 0 = certain, 1 = uniform over the classes.
+
+    Returns:
+      uint8 [H, W, 3] RGB.
+    """
+    position = np.clip(np.asarray(entropy, np.float32), 0.0, 1.0) * (len(_RAMP) - 1)
+    low = np.minimum(np.floor(position).astype(np.int32), len(_RAMP) - 2)
+    fraction = (position - low)[..., None]
+    rgb = (1.0 - fraction) * _RAMP[low] + fraction * _RAMP[low + 1]
+    return np.round(rgb).astype(np.uint8)
+
+
+def overlay(image, colours, alpha=0.5):
+    """Blends a colour-coded map over the RGB image (alpha = weight of the colours)."""
+    blend = (1.0 - alpha) * np.asarray(image, np.float32) + alpha * np.asarray(colours, np.float32)
+    return np.round(blend).astype(np.uint8)
+
+
+def save_png(path, array):
+    """Writes a uint8 array as PNG, creating the directory."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    PIL.Image.fromarray(np.asarray(array, np.uint8)).save(path)
