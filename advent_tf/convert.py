@@ -12,9 +12,12 @@ Two kinds of checkpoint exist for the reference network (valeoai/ADVENT's
   * **The ImageNet initialisation** (``DeepLab_resnet_pretrained_imagenet.pth``):
     every key prefixed ``Scale.``. As in the reference, which loads it with
     ``if not i_parts[1] == 'layer5': new_params['.'.join(i_parts[1:])] =
-    saved[i]``, the prefix is stripped and its ImageNet classifier
+    saved[i]``, the prefix is stripped and its own classifier
     (``Scale.layer5.*``) is skipped; the two ASPP heads of the converted model
-    therefore keep the fresh initialisation of `build_segmenter`.
+    therefore keep the fresh initialisation of `build_segmenter`. The
+    reference recognises this file by its name (``'DeepLab_resnet_pretrained_imagenet'
+    in cfg.TRAIN.RESTORE_FROM``); the converter recognises it by its keys, so
+    a renamed copy converts the same way.
 
 Single-level models (``multi_level=False``) have one head, the main head
 ``layer6`` of the Keras model. The reference's single-level ``ResNetMulti``
@@ -196,10 +199,6 @@ def detect_format(state_dict):
     return FORMAT_MODEL
 
 
-def _module_of(key):
-    return key.rsplit(".", 1)[0]
-
-
 def _head_of(key):
     """``"layer5"`` / ``"layer6"`` for an ASPP head key, else None."""
     top = key.split(".", 1)[0]
@@ -219,7 +218,7 @@ def _normalise(state_dict, multi_level):
     if checkpoint_format == FORMAT_IMAGENET_INIT:
         for key, value in state_dict.items():
             name = key[len(_INIT_PREFIX):]
-            # The reference drops the initialisation's own (ImageNet) classifier.
+            # The reference drops the initialisation's own classifier.
             if name.split(".", 1)[0] == _AUX_HEAD:
                 skipped.append(key)
             else:
@@ -259,8 +258,6 @@ def _expected_tensors(model, include_heads):
                 f"Layer {layer.name!r} ({type(layer).__name__}) has weights but no "
                 "PyTorch counterpart the converter knows.")
         module = _torch_module_path(layer.name)
-        if module.replace(".", "_") != layer.name:
-            raise ValueError(f"Layer name {layer.name!r} is not a PyTorch module path.")
         if not include_heads and module.split(".", 1)[0] in _HEAD_MODULES:
             continue
         for param, transpose, variable in zip(params, transposes, layer.weights):
@@ -274,17 +271,16 @@ def _to_pytorch_shape(shape, transpose):
     return tuple(shape[transpose.index(i)] for i in range(len(shape)))
 
 
-def load_state_dict_into_model(model, state_dict, multi_level):
+def load_state_dict_into_model(model, state_dict):
     """Copies a reference state dict into a `build_segmenter` ResNet, strictly.
 
-    Nothing is assigned unless the whole state dict matches.
+    Nothing is assigned unless the whole state dict matches. Whether the
+    model is multi-level (has ``layer5``) selects the head mapping.
 
     Args:
       model: A ResNet model from `build_segmenter` (any BN mode).
       state_dict: ``{key: array}`` in either checkpoint format (see the module
         docstring), e.g. from `load_pytorch_state_dict`.
-      multi_level: Whether ``model`` has the auxiliary head; selects the
-        single-level head mapping.
 
     Returns:
       A `ConversionSummary`.
@@ -292,6 +288,7 @@ def load_state_dict_into_model(model, state_dict, multi_level):
     Raises:
       ConversionError: Listing every missing, unexpected and mis-shaped key.
     """
+    multi_level = any(layer.name.startswith(f"{_AUX_HEAD}_") for layer in model.layers)
     tensors, original_names, checkpoint_format, skipped, renamed = _normalise(
         state_dict, multi_level)
     heads_converted = checkpoint_format == FORMAT_MODEL
@@ -354,7 +351,7 @@ def convert_checkpoint(input_path, output_path, backbone="resnet101", num_classe
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}.")
     state_dict = load_pytorch_state_dict(input_path)
     model = build_segmenter(backbone, num_classes=num_classes, multi_level=multi_level)
-    summary = load_state_dict_into_model(model, state_dict, multi_level)
+    summary = load_state_dict_into_model(model, state_dict)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     # A private directory on the same file system makes the final rename
     # atomic, and the file inside it gets the usual umask permissions (a

@@ -69,7 +69,7 @@ def _assert_outputs_match(weights, torch_net, image, backbone="resnet_tiny",
     """
     model = build_segmenter(backbone, num_classes=NUM_CLASSES, multi_level=multi_level)
     if isinstance(weights, dict):
-        convert.load_state_dict_into_model(model, weights, multi_level)
+        convert.load_state_dict_into_model(model, weights)
     else:
         model.load_weights(weights)
     keras_out = model(image, training=False)
@@ -143,8 +143,7 @@ def test_single_level(head_name, image):
     # DeeplabResnet, whose only head maps to the main head.
     net = _torch_net(seed=2, multi_level=False, main_head_name=head_name)
     model = build_segmenter("resnet_tiny", num_classes=NUM_CLASSES, multi_level=False)
-    summary = convert.load_state_dict_into_model(
-        model, _numpy_state_dict(net), multi_level=False)
+    summary = convert.load_state_dict_into_model(model, _numpy_state_dict(net))
     assert summary.renamed_heads == ({"layer5": "layer6"} if head_name == "layer5" else {})
     _assert_close(model(image, training=False), _run_torch(net, image)[0])
 
@@ -152,8 +151,7 @@ def test_single_level(head_name, image):
 def test_multi_level_checkpoint_into_single_level_model_is_rejected(tiny_net):
     model = build_segmenter("resnet_tiny", num_classes=NUM_CLASSES, multi_level=False)
     with pytest.raises(convert.ConversionError) as info:
-        convert.load_state_dict_into_model(
-            model, _numpy_state_dict(tiny_net), multi_level=False)
+        convert.load_state_dict_into_model(model, _numpy_state_dict(tiny_net))
     assert info.value.unexpected == [f"layer5.conv2d_list.{i}.{p}"
                                      for i in range(4) for p in ("bias", "weight")]
     assert not info.value.missing and not info.value.mismatched
@@ -166,7 +164,7 @@ def test_imagenet_init_checkpoint(image):
     state_dict = {f"Scale.{k}": v for k, v in _numpy_state_dict(net).items()}
     model = build_segmenter("resnet_tiny", num_classes=NUM_CLASSES)
     fresh_heads = [w.numpy() for w in _head_weights(model)]
-    summary = convert.load_state_dict_into_model(model, state_dict, multi_level=True)
+    summary = convert.load_state_dict_into_model(model, state_dict)
     assert summary.checkpoint_format == convert.FORMAT_IMAGENET_INIT
     assert not summary.heads_converted
     assert summary.skipped_keys == tuple(
