@@ -246,13 +246,19 @@ def test_pickled_objects_are_refused(tmp_path):
     assert not output.exists()
 
 
-def test_wrapped_state_dict_is_unwrapped(tiny_net, tiny_checkpoint, tmp_path):
-    wrapped = _save({"state_dict": tiny_net.state_dict(), "iteration": 120000},
-                    tmp_path / "wrapped.pth")
+@pytest.mark.parametrize("variant", ["wrapped", "legacy_format"])
+def test_checkpoint_variants_read_alike(variant, tiny_net, tiny_checkpoint, tmp_path):
+    # The released checkpoints date from torch 0.4.1, before the zip format;
+    # training scripts often wrap the state dict with bookkeeping.
+    path = tmp_path / f"{variant}.pth"
+    if variant == "wrapped":
+        torch.save({"state_dict": tiny_net.state_dict(), "iteration": 120000}, path)
+    else:
+        torch.save(tiny_net.state_dict(), path, _use_new_zipfile_serialization=False)
     plain = convert.load_pytorch_state_dict(tiny_checkpoint)
-    unwrapped = convert.load_pytorch_state_dict(wrapped)
-    assert unwrapped.keys() == plain.keys()
-    assert all(np.array_equal(unwrapped[k], plain[k]) for k in plain)
+    variant_state = convert.load_pytorch_state_dict(path)
+    assert variant_state.keys() == plain.keys()
+    assert all(np.array_equal(variant_state[k], plain[k]) for k in plain)
 
 
 @pytest.mark.parametrize("content", [{"conv1.weight": torch.zeros(1), "epoch": 3},
