@@ -1,0 +1,153 @@
+"""End-to-end tests of `python -m advent_tf.evaluate` and its library, on tiny demo data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advent_tf import checkpoint_io
+from advent_tf import evaluation
+from advent_tf import ops
+from advent_tf import sweep
+from advent_tf.data import demo
+from advent_tf.data import pipeline
+from advent_tf.models import build_segmenter, split_outputs
+
+EVAL_SIZE = (16, 32)  # (height, width) the network sees; labels stay at 24x48.
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Tiny labelled val split, a train_dir with checkpoints 2 and 4, and a .weights.h5."""
+    root = tmp_path_factory.mktemp("evaluate")
+    pattern = demo.make_demo_data(str(root / "data"), splits=(("target", "val", 2, True),),
+                                  image_size=(24, 48), num_shards=1)["target_val"]
+    model = build_segmenter("resnet_tiny", 19, True)
+    checkpoint = tf.train.Checkpoint(segmenter=model, optimizer=keras.optimizers.SGD(0.1))
+    manager = tf.train.CheckpointManager(checkpoint, str(root / "run" / "checkpoints"), None)
+    for step in (2, 4):
+        for variable in model.trainable_variables:
+            variable.assign_add(tf.random.stateless_normal(variable.shape, [step, 0], stddev=0.02))
+        manager.save(checkpoint_number=step)
+    model.save_weights(str(root / "converted.weights.h5"))
+    return {"root": root, "pattern": pattern, "run": str(root / "run")}
+
+
+def _cli(*args):
+    result = subprocess.run(
+        [sys.executable, "-m", "advent_tf.evaluate", "--backbone=resnet_tiny",
+         f"--eval_size={EVAL_SIZE[1]},{EVAL_SIZE[0]}", *args],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def _manual_hist(paths, weights, pattern):
+    """The reference protocol restated with numpy: weighted upsampled logits, argmax, bincount."""
+    models = []
+    for path in paths:
+        model = build_segmenter("resnet_tiny", 19, True)
+        checkpoint_io.load_weights(model, path)
+        models.append(model)
+    hist = np.zeros((19, 19), np.int64)
+    for batch in pipeline.make_eval_dataset(pattern, EVAL_SIZE):
+        label = batch["label"].numpy()
+        logits = sum(w * ops.resize_bilinear_align_corners(
+            split_outputs(m(batch["image"]))[1], label.shape[1:3]).numpy()
+            for m, w in zip(models, weights))
+        valid = label < 19
+        hist += np.bincount(19 * label[valid] + logits.argmax(-1)[valid],
+                            minlength=361).reshape(19, 19)
+    return hist
+
+
+def test_ensemble_cli_matches_the_reference_protocol(workdir):
+    ckpt = os.path.join(workdir["run"], "checkpoints", "ckpt-2")
+    weights_file = str(workdir["root"] / "converted.weights.h5")
+    out = workdir["root"] / "ensemble"
+    log = _cli(f"--checkpoints={ckpt},{weights_file}", "--ensemble_weights=0.25,0.75",
+               f"--eval_pattern={workdir['pattern']}", f"--output_dir={out}")
+    results = json.loads((out / "results.json").read_text())
+    expected = _manual_hist([ckpt, weights_file], [0.25, 0.75], workdir["pattern"])
+    np.testing.assert_array_equal(results["summary"]["confusion_matrix"], expected)
+    assert results["summary"]["num_pixels"] == expected.sum() > 0
+    assert results["ensemble_weights"] == [0.25, 0.75]
+    assert "traffic light" in log and "mIoU" in log
+    assert os.listdir(out / "tensorboard")
+
+
+def test_best_mode_resumes_an_interrupted_sweep(workdir):
+    """A cache holding ckpt-2 (as an interrupted sweep leaves it): only ckpt-4 is scored."""
+    out = workdir["root"] / "sweep"
+    settings = {"eval_pattern": workdir["pattern"], "eval_size": [EVAL_SIZE[1], EVAL_SIZE[0]],
+                "num_classes": 19, "class_subset": None, "backbone": "resnet_tiny",
+                "multi_level": True}
+    cached = evaluation.summarize(np.diag([7.0] + [0.0] * 18))  # mIoU 100: must win.
+    sweep.SweepCache(str(out / "sweep.json"), settings).store(
+        os.path.join(workdir["run"], "checkpoints", "ckpt-2"), 2, cached)
+    log = _cli("--mode=best", f"--train_dir={workdir['run']}", f"--output_dir={out}",
+               f"--eval_pattern={workdir['pattern']}")
+    assert "2 checkpoints, 1 cached" in log
+    assert "ckpt-4: mIoU" in log and "ckpt-2: mIoU" not in log
+    results = json.loads((out / "results.json").read_text())
+    assert results["best"]["step"] == 2 and results["best"]["summary"] == cached
+    assert results["last"]["step"] == 4 and results["last"]["summary"]["num_pixels"] > 0
+    assert len(json.loads((out / "sweep.json").read_text())["checkpoints"]) == 2
+
+
+def test_run_sweep_after_interruption_scores_only_the_rest(workdir, tmp_path):
+    checkpoints = checkpoint_io.list_checkpoints(workdir["run"])
+    cache_path = str(tmp_path / "sweep.json")
+    calls = []
+
+    def score(prefix, interrupt_at=None):
+        if prefix == interrupt_at:
+            raise KeyboardInterrupt
+        calls.append(os.path.basename(prefix))
+        return {"miou": float(len(calls))}
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(checkpoints, lambda p: score(p, checkpoints[1][1]),
+                        sweep.SweepCache(cache_path, {"a": 1}))
+    results = sweep.run_sweep(checkpoints, score, sweep.SweepCache(cache_path, {"a": 1}))
+    assert calls == ["ckpt-2", "ckpt-4"]
+    assert results == {2: {"miou": 1.0}, 4: {"miou": 2.0}}
+    assert sweep.best_and_last(results) == (4, 4)
+    with pytest.raises(ValueError, match="other settings"):
+        sweep.SweepCache(cache_path, {"a": 2})
+
+
+def test_loading_errors_name_the_file_and_the_flags(workdir, tmp_path):
+    ckpt = os.path.join(workdir["run"], "checkpoints", "ckpt-4")
+    assert checkpoint_io.resolve(workdir["run"]) == ckpt
+    with pytest.raises(FileNotFoundError, match="ckpt-9"):
+        checkpoint_io.load_segmenter(ckpt[:-1] + "9", "resnet_tiny", 19, True)
+    with pytest.raises(checkpoint_io.CheckpointError, match="--num_classes"):
+        checkpoint_io.load_segmenter(ckpt, "resnet_tiny", 16, True)
+    bad = tmp_path / "bad.weights.h5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(checkpoint_io.CheckpointError, match="bad.weights.h5"):
+        checkpoint_io.load_segmenter(str(bad), "resnet_tiny", 19, True)
+    with pytest.raises(ValueError, match="2 ensemble weights for 1"):
+        checkpoint_io.load_members([ckpt], [0.5, 0.5], "resnet_tiny", 19, True)
+
+
+def test_synthia_16_and_13_class_figures():
+    table = evaluation.label_mapping(19, 16)
+    assert table[9] == table[14] == table[16] == 255  # terrain, truck, train
+    assert table[18] == 15 and table[255] == 255
+    assert evaluation.label_mapping(16, 16) is None
+    hist = np.diag(np.arange(1.0, 17.0))
+    hist[0, 1] = 3.0  # road pixels predicted as sidewalk: road IoU 1/4, sidewalk 2/5.
+    summary = evaluation.summarize(hist, class_subset=13)
+    assert summary["iou"]["road"] == 25.0 and summary["iou"]["sidewalk"] == 40.0
+    assert summary["miou"] == pytest.approx((25 + 40 + 1400) / 16)
+    assert summary["miou_13"] == pytest.approx((25 + 40 + 1100) / 13)
+    assert "mIoU-13" in evaluation.format_summary(summary)
+    with pytest.raises(ValueError):
+        evaluation.summarize(np.eye(19), class_subset=13)
