@@ -128,6 +128,13 @@ def export(members, num_classes, model_size, export_dir, version=None,
         "image_bytes": serve_bytes,
         "image_tensor": module.serve_tensor.get_concrete_function(),
     }
+    # Keras 3 layers reach their tf.Variables through wrappers that the
+    # TF1-style loader of TF Serving and `saved_model_cli run` does not always
+    # restore ("Could not find variable ..."); tracking the variables the
+    # signatures capture directly, as keras.export.ExportArchive does, saves
+    # every one of them under a path both loaders follow.
+    captured = {id(v): v for function in signatures.values() for v in function.variables}
+    module.captured_variables = list(captured.values())
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_dir)
     try:
         tf.saved_model.save(module, staging, signatures=signatures)

@@ -1,0 +1,101 @@
+"""The exported SavedModel: signatures, equality with the Keras model, bad input, saved_model_cli."""
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import tensorflow as tf
+
+from advent_tf import inference
+from advent_tf import serving
+from advent_tf.models import build_segmenter
+
+MODEL_SIZE = (16, 32)
+
+
+def _png(image):
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    export_dir = str(tmp_path_factory.mktemp("export") / "advent")
+    tf.keras.utils.set_random_seed(3)
+    model = build_segmenter("resnet_tiny", 16, True)
+    path = serving.export([(model, 1.0)], 16, MODEL_SIZE, export_dir, with_probabilities=True)
+    images = np.random.default_rng(0).integers(0, 256, (2, 20, 36, 3), dtype=np.uint8)
+    keras_outputs = inference.segment(
+        inference.logits_at_input_resolution([(model, 1.0)], images, MODEL_SIZE))
+    return {"dir": export_dir, "path": path, "images": images,
+            "keras": {k: v.numpy() for k, v in keras_outputs.items()}}
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported["path"])
+
+
+def test_signatures_and_predictions_equal_the_keras_model(exported, loaded):
+    assert exported["path"] == os.path.join(exported["dir"], "1")
+    assert set(loaded.signatures) == {"serving_default", "image_bytes", "image_tensor"}
+    assert int(loaded.num_classes.numpy()) == 16
+    assert loaded.class_names.numpy()[-1] == b"bicycle"
+    images, expected = exported["images"], exported["keras"]
+    from_bytes = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([_png(image) for image in images]))
+    from_tensor = loaded.signatures["image_tensor"](images=tf.constant(images))
+    for outputs in (from_bytes, from_tensor):
+        assert outputs["class_map"].shape == (2, 20, 36)
+        np.testing.assert_array_equal(outputs["class_map"].numpy(), expected["class_map"])
+        np.testing.assert_allclose(outputs["entropy"].numpy(), expected["entropy"], atol=1e-5)
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), expected["probabilities"],
+                                   atol=1e-5)
+    assert 0.0 <= from_bytes["entropy"].numpy().min() <= from_bytes["entropy"].numpy().max() <= 1.0
+
+
+@pytest.mark.parametrize("payload", [
+    [b"not an image"], [b""], "truncated", "mixed sizes", []])
+def test_malformed_requests_are_errors(exported, loaded, payload):
+    png = _png(exported["images"][0])
+    if payload == "truncated":
+        payload = [png[: len(png) // 2]]
+    elif payload == "mixed sizes":
+        payload = [png, _png(exported["images"][0][:10])]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["serving_default"](image_bytes=tf.constant(payload, tf.string))
+
+
+def test_versions_are_never_overwritten(exported):
+    assert serving.next_version(exported["dir"]) == 2
+    assert serving.resolve_saved_model(exported["dir"]) == exported["path"]
+    with pytest.raises(FileExistsError):
+        serving.export([], 16, MODEL_SIZE, exported["dir"], version=1)
+
+
+def _saved_model_cli(*args):
+    result = subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *args],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_saved_model_cli_show_and_run(exported, tmp_path):
+    shown = _saved_model_cli("show", "--all", "--dir", exported["path"])
+    for expected in ("signature_def['serving_default']", "signature_def['image_tensor']",
+                     "inputs['image_bytes'] tensor_info", "dtype: DT_STRING",
+                     "inputs['images'] tensor_info", "dtype: DT_UINT8", "shape: (-1, -1, -1, 3)",
+                     "outputs['class_map']", "outputs['entropy']", "outputs['probabilities']"):
+        assert expected in shown
+    np.save(tmp_path / "images.npy", exported["images"])
+    _saved_model_cli("run", "--dir", exported["path"], "--tag_set", "serve",
+                     "--signature_def", "image_tensor",
+                     "--inputs", f"images={tmp_path / 'images.npy'}", "--outdir", str(tmp_path))
+    np.testing.assert_array_equal(np.load(tmp_path / "class_map.npy"),
+                                  exported["keras"]["class_map"])
