@@ -1,0 +1,72 @@
+"""End-to-end tests of `python -m advent_tf.predict` (checkpoint and SavedModel) and the pictures."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from advent_tf import constants
+from advent_tf import serving
+from advent_tf import visualize
+from advent_tf.models import build_segmenter
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Two images of different sizes (one in a subfolder), a corrupt one, weights and an export."""
+    root = tmp_path_factory.mktemp("predict")
+    rng = np.random.default_rng(0)
+    (root / "images" / "city").mkdir(parents=True)
+    PIL.Image.fromarray(rng.integers(0, 256, (20, 36, 3), np.uint8)).save(root / "images" / "a.png")
+    PIL.Image.fromarray(rng.integers(0, 256, (18, 30, 3), np.uint8)).save(
+        root / "images" / "city" / "b.jpg")
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    model = build_segmenter("resnet_tiny", 16, False)
+    model.save_weights(str(root / "model.weights.h5"))
+    serving.export([(model, 1.0)], 16, (16, 32), str(root / "export"))
+    return root
+
+
+def _predict(*args):
+    return subprocess.run([sys.executable, "-m", "advent_tf.predict", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "saved_model"])
+def test_writes_three_pngs_per_image_and_skips_the_bad_one(workdir, source):
+    out = workdir / f"out_{source}"
+    model_args = (["--saved_model", str(workdir / "export")] if source == "saved_model" else
+                  [f"--checkpoints={workdir / 'model.weights.h5'}", "--backbone=resnet_tiny",
+                   "--num_classes=16", "--nomulti_level", "--image_size=32,16"])
+    result = _predict(*model_args, f"--inputs={workdir / 'images'},{workdir / 'missing.png'}",
+                      f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 image(s) segmented" in result.stdout and "2 skipped" in result.stdout
+    assert "broken.png" in result.stderr and "missing.png" in result.stderr
+    for name, size in (("a", (36, 20)), (os.path.join("city", "b"), (30, 18))):
+        for kind in ("color", "entropy", "overlay"):
+            with PIL.Image.open(out / f"{name}_{kind}.png") as image:
+                assert image.size == size and image.mode == "RGB"
+    colours = np.asarray(PIL.Image.open(out / "a_color.png")).reshape(-1, 3)
+    allowed = {tuple(c) for c in visualize.palette(16)}
+    assert {tuple(c) for c in colours} <= allowed
+
+
+def test_exit_status_when_nothing_can_be_read(workdir):
+    result = _predict("--saved_model", str(workdir / "export"),
+                      f"--inputs={workdir / 'images' / 'broken.png'}",
+                      f"--output_dir={workdir / 'none'}")
+    assert result.returncode == 1 and "0 image(s) segmented" in result.stdout
+
+
+def test_sixteen_class_maps_use_the_19_class_colours():
+    class_map = np.array([[0, 9, 13, 15, 255]])  # 16-class ids: road, sky, bus, bicycle, ignore.
+    rgb = visualize.colorize(class_map, 16)
+    expected = constants.CITYSCAPES_PALETTE[[0, 10, 15, 18]]
+    np.testing.assert_array_equal(rgb[0, :4], expected)
+    np.testing.assert_array_equal(rgb[0, 4], [0, 0, 0])
+    ramp = visualize.entropy_image(np.array([[0.0, 0.5, 1.0]]))
+    assert ramp[0, 0].sum() < ramp[0, 1].sum() < ramp[0, 2].sum()
