@@ -1,0 +1,13 @@
+"""Source-only baseline: the segmenter trained on labelled source images alone."""
+
+from advent_tf.methods import base
+
+
+class SourceOnly(base.DomainAdaptationModel):
+    """One iteration: L_seg on a source batch, one SGD step. Target images unused."""
+
+    def train_step(self, data):
+        self.begin_step()
+        grads, _ = self.source_step(data["source_image"], data["source_label"])
+        self.apply_segmenter_gradients(grads)
+        return self.logs()

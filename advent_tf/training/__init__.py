@@ -1,0 +1,1 @@
+"""Training infrastructure: checkpoints, callbacks and the loop behind `advent_tf.train`."""

@@ -1,0 +1,126 @@
+"""Keras callbacks of the training loop: NaN guard, progress log, TensorBoard views."""
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from advent_tf import constants
+from advent_tf import losses
+from advent_tf import ops
+from advent_tf import preprocessing
+from advent_tf.models import split_outputs
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or Inf; training stopped with the last good checkpoint kept."""
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite logged value, naming it and the step.
+
+    Must come before the checkpoint callback so the diverged state is never saved.
+    """
+
+    def __init__(self, step_fn, checkpoint_dir):
+        super().__init__()
+        self.step_fn = step_fn
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_train_batch_end(self, batch, logs=None):
+        for name, value in (logs or {}).items():
+            if not math.isfinite(float(value)):
+                latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+                raise NonFiniteLossError(
+                    f"{name} is {float(value)} at step {self.step_fn()}; training stopped. "
+                    f"Last good checkpoint kept: {latest or 'none yet'}. Lower the learning "
+                    "rate or check the data before resuming.")
+
+
+class ProgressLogger(keras.callbacks.Callback):
+    """Logs the losses with steps/s and ETA every `every` steps."""
+
+    def __init__(self, step_fn, total_steps, every):
+        super().__init__()
+        self.step_fn = step_fn
+        self.total_steps = total_steps
+        self.every = every
+
+    def on_train_begin(self, logs=None):
+        self._start_step = self.step_fn()
+        self._start_time = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.step_fn()
+        if step % self.every and step != self.total_steps:
+            return
+        elapsed = time.monotonic() - self._start_time
+        rate = (step - self._start_step) / max(elapsed, 1e-9)
+        eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
+        values = "  ".join(f"{k} {float(v):.4g}" for k, v in sorted((logs or {}).items()))
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+        logging.info("step %d/%d  %s  %.3f steps/s  ETA %s", step, self.total_steps, values,
+                     rate, eta_text)
+
+
+def colorize(labels):
+    """Train-id map [B, H, W] -> RGB uint8 with the Cityscapes palette (ignore = black)."""
+    palette = np.concatenate([constants.CITYSCAPES_PALETTE,
+                              np.zeros((256 - len(constants.CITYSCAPES_PALETTE), 3), np.uint8)])
+    return tf.gather(tf.constant(palette), tf.cast(labels, tf.int32) % 256)
+
+
+class TensorBoardSummaries(keras.callbacks.Callback):
+    """Scalars every `scalar_every` steps, the paper's Figure 1 view every `image_every`.
+
+    Images: source and target inputs, source ground truth, predicted colour
+    maps and target entropy maps (eq. 2) on a fixed sample batch.
+
+    Args:
+      log_dir: TensorBoard directory.
+      step_fn: returns the global step.
+      sample: one element of the training dataset (dict of tensors) to visualise.
+      flags_text: markdown of the flags used, written once as text.
+    """
+
+    def __init__(self, log_dir, step_fn, sample, scalar_every, image_every, flags_text=""):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(log_dir)
+        self.step_fn = step_fn
+        self.sample = sample
+        self.scalar_every = scalar_every
+        self.image_every = image_every
+        self.flags_text = flags_text
+
+    def on_train_begin(self, logs=None):
+        if self.flags_text:
+            with self.writer.as_default():
+                tf.summary.text("flags", self.flags_text, step=self.step_fn())
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.step_fn()
+        with self.writer.as_default():
+            if step % self.scalar_every == 0:
+                for name, value in (logs or {}).items():
+                    tf.summary.scalar(name, float(value), step=step)
+            if self.image_every and step % self.image_every == 0:
+                self._write_images(step)
+        self.writer.flush()
+
+    def _predict(self, images):
+        _, main = split_outputs(self.model.segmenter(images, training=False))
+        prob = tf.nn.softmax(ops.resize_bilinear_align_corners(
+            tf.cast(main, tf.float32), tf.shape(images)[1:3]), axis=-1)
+        return tf.argmax(prob, axis=-1), losses.entropy_map(prob)
+
+    def _write_images(self, step):
+        for domain in ("source", "target"):
+            images = self.sample[f"{domain}_image"]
+            prediction, entropy = self._predict(images)
+            tf.summary.image(f"{domain}/input", preprocessing.unpreprocess_image(images), step=step)
+            tf.summary.image(f"{domain}/prediction", colorize(prediction), step=step)
+            tf.summary.image(f"{domain}/entropy", entropy[..., None], step=step)
+        tf.summary.image("source/ground_truth", colorize(self.sample["source_label"]), step=step)
