@@ -43,7 +43,7 @@ _EVAL_SIZE = flags.DEFINE_list("eval_size", ["1024", "512"],
 
 # -- Model -----------------------------------------------------------------
 _BACKBONE = flags.DEFINE_enum("backbone", "resnet101",
-                              ["resnet101", "resnet50", "resnet_tiny", "vgg16"], "Backbone.")
+                              list(models.BACKBONES), "Backbone.")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 19, "19 (GTA5) or 16 (SYNTHIA).", lower_bound=2)
 _MULTI_LEVEL = flags.DEFINE_bool("multi_level", True, "Auxiliary head on layer3 (reference).")
 _BN_MODE = flags.DEFINE_enum("bn_mode", "reference", ["reference", "frozen"],
@@ -104,6 +104,9 @@ _PRECISION = flags.DEFINE_enum("mixed_precision", "float32",
                                ["float32", "mixed_bfloat16", "mixed_float16"],
                                "Keras dtype policy.")
 _SEED = flags.DEFINE_integer("seed", 1234, "Random seed (weights init and data order).")
+_DETERMINISTIC = flags.DEFINE_bool(
+    "deterministic", False, "Deterministic TF ops (tf.config.experimental."
+    "enable_op_determinism): reruns of a command give the same weights, a little slower.")
 
 flags.mark_flags_as_required(["source_pattern", "target_pattern", "train_dir"])
 
@@ -223,6 +226,8 @@ def run():
     source_size = _size(_SOURCE_SIZE.value, "source_size")
     target_size = _size(_TARGET_SIZE.value, "target_size")
     keras.mixed_precision.set_global_policy(_PRECISION.value)
+    if _DETERMINISTIC.value:
+        tf.config.experimental.enable_op_determinism()
 
     strategy = make_strategy(_STRATEGY.value)
     if _BATCH.value % strategy.num_replicas_in_sync:
@@ -250,7 +255,8 @@ def run():
         sample = next(iter(dataset))
         log_dir = os.path.join(_TRAIN_DIR.value, "logs")
         cbs = [callbacks.NonFiniteGuard(step, manager.directory),
-               checkpoints.CheckpointCallback(manager, _CKPT_EVERY.value, step),
+               checkpoints.CheckpointCallback(manager, _CKPT_EVERY.value, step,
+                                           method.weights),
                callbacks.ProgressLogger(step, _STEPS.value, _LOG_EVERY.value)]
         if checkpoints.is_chief():
             cbs.append(callbacks.TensorBoardSummaries(log_dir, step, sample, _LOG_EVERY.value,

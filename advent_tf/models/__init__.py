@@ -2,6 +2,7 @@
 
 from advent_tf.models.batch_norm import BatchNorm
 from advent_tf.models.builder import (
+    BACKBONES,
     backbone_variables,
     build_segmenter,
     head_variables,
@@ -13,6 +14,7 @@ from advent_tf.models.discriminator import (
 )
 
 __all__ = [
+    "BACKBONES",
     "BatchNorm",
     "backbone_variables",
     "build_discriminator",

@@ -20,7 +20,8 @@ def build_segmenter(backbone="resnet101", num_classes=19, multi_level=True,
     Args:
       backbone: One of ``BACKBONES``: ``"resnet101"`` (the paper's main
         network), ``"resnet50"``, ``"resnet_tiny"`` (one block per stage, for
-        tests and demos) or ``"vgg16"``.
+        tests), ``"resnet_mini"`` (resnet_tiny at a quarter of the widths,
+        for the demo) or ``"vgg16"``.
       num_classes: Number of segmentation classes (19 for GTA5, 16 for SYNTHIA).
       multi_level: Adds the auxiliary head on layer3 (ResNet only).
       bn_mode: ``"reference"`` (batch statistics when ``training=True``, as the

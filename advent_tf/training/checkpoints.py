@@ -16,6 +16,10 @@ import tensorflow as tf
 from absl import logging
 
 
+class NonFiniteStateError(RuntimeError):
+    """The weights diverged; nothing was saved over the last good checkpoint."""
+
+
 def make_checkpoint(method):
     """The `tf.train.Checkpoint` of a training method (see `advent_tf.methods`)."""
     objects = {"segmenter": method.segmenter, "optimizer": method.optimizer}
@@ -54,10 +58,12 @@ class CheckpointCallback(keras.callbacks.Callback):
       manager: a `tf.train.CheckpointManager`.
       every: save period in steps.
       step_fn: returns the current global step (the optimizer's iteration count).
+      watched_variables: variables that must be finite for a state to be saved.
     """
 
-    def __init__(self, manager, every, step_fn):
+    def __init__(self, manager, every, step_fn, watched_variables):
         super().__init__()
+        self.watched_variables = watched_variables
         self.manager = manager
         self.every = every
         self.step_fn = step_fn
@@ -71,6 +77,12 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self._healthy and step % self.every == 0:
             self._save(step)
 
+    def _state_is_finite(self):
+        # The update of a step with finite losses can still overflow the weights;
+        # their losses only show it one step later.
+        return all(bool(tf.reduce_all(tf.math.is_finite(v)))
+                   for v in self.watched_variables)
+
     def on_train_end(self, logs=None):
         step = self.step_fn()
         latest = self.manager.latest_checkpoint
@@ -78,6 +90,11 @@ class CheckpointCallback(keras.callbacks.Callback):
             self._save(step)
 
     def _save(self, step):
+        if not self._state_is_finite():
+            self._healthy = False
+            raise NonFiniteStateError(
+                f"the weights became non-finite at step {step}; training stopped. "
+                f"Last good checkpoint kept: {self.manager.latest_checkpoint or 'none yet'}.")
         path = self.manager.save(checkpoint_number=step)
         logging.info("Saved checkpoint %s", path)
 

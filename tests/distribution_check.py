@@ -1,0 +1,67 @@
+"""Run by test_train_distribution.py in a subprocess: 2 logical CPUs must exist before TF starts.
+
+Trains each method for two steps on one fixed global batch of 2, once on one
+device and once under MirroredStrategy over 2 logical CPU devices (one image
+per replica), and prints the largest relative weight difference per method.
+"""
+
+import json
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+
+from advent_tf import methods, models, optimizers, schedules  # noqa: E402
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 19, (2, 32, 64)).astype(np.int32)
+    labels[0, :20] = 255  # Unequal valid-pixel counts per replica.
+    return {"source_image": rng.normal(0, 50, (2, 32, 64, 3)).astype(np.float32),
+            "source_label": labels,
+            "target_image": rng.normal(0, 50, (2, 32, 64, 3)).astype(np.float32)}
+
+
+def train(strategy, method_name):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        # Frozen BN: with batch statistics, 2 images on one device and 1 image
+        # per replica normalise differently by definition.
+        segmenter = models.build_segmenter("resnet_mini", 19, True, "frozen")
+        sgd = optimizers.TorchSGD(schedules.PolySchedule(0.01, horizon=100), momentum=0.9,
+                                  weight_decay=5e-4)
+        sgd.set_lr_multiplier(models.head_variables(segmenter), 10.0)
+        if method_name == "advent":
+            discs = [models.build_discriminator(19, name=n) for n in ("d_main", "d_aux")]
+            method = methods.AdvEnt(segmenter, *discs)
+            method.compile(sgd, *(keras.optimizers.Adam(1e-4, beta_1=0.9, beta_2=0.99)
+                                  for _ in discs))
+        else:
+            method = {"source_only": methods.SourceOnly,
+                      "minent": methods.MinEnt}[method_name](segmenter)
+            method.compile(sgd)
+    dataset = tf.data.Dataset.from_tensors(_batch()).repeat()
+    method.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+    return [w.numpy() for w in method.weights]
+
+
+def main():
+    one = tf.distribute.OneDeviceStrategy("/cpu:0")
+    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    result = {}
+    for name in sys.argv[1:]:
+        a, b = train(one, name), train(two, name)
+        assert len(a) == len(b)
+        result[name] = max(float(np.max(np.abs(x - y)) / (np.max(np.abs(x)) + 1e-12))
+                           for x, y in zip(a, b))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""End-to-end training through `python -m advent_tf.train` on tiny demo-format data."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advent_tf import models
+from advent_tf.data import manifest
+import train_helpers
+
+
+@pytest.fixture(scope="module")
+def patterns(tmp_path_factory):
+    return train_helpers.make_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+@pytest.fixture(scope="module")
+def prior_file(patterns, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("prior") / "prior.json")
+    source_dir = os.path.dirname(patterns["source_train"])
+    prior = manifest.class_prior_from_manifest(source_dir, "train")
+    manifest.save_class_prior(prior, [str(i) for i in range(19)], path)
+    return path
+
+
+def _segmenter_weights(path, multi_level=True):
+    """The segmenter's weights in a training checkpoint, restored the way evaluation does."""
+    model = models.build_segmenter("resnet_mini", 19, multi_level)
+    tf.train.Checkpoint(segmenter=model).restore(path).expect_partial().assert_existing_objects_matched()
+    return [w.numpy() for w in model.weights]
+
+
+CASES = {
+    "source_only": (dict(method="source_only"), ["loss_seg_main", "loss_seg_aux"]),
+    "minent": (dict(method="minent"), ["loss_ent_main", "loss_ent_aux"]),
+    "minent_er": (dict(method="minent", entropy_top_fraction=0.3), ["loss_ent_main"]),
+    "minent_cp": (dict(method="minent", class_prior="PRIOR"), ["loss_ent_main", "loss_cp"]),
+    "advent": (dict(method="advent"), ["loss_adv_main", "loss_adv_aux", "loss_d_main",
+                                       "loss_d_aux", "d_accuracy_main"]),
+    "advent_cp_single_level": (dict(method="advent", class_prior="PRIOR", multi_level=False),
+                               ["loss_adv_main", "loss_d_main", "loss_cp"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_method_trains_end_to_end(case, patterns, prior_file, tmp_path):
+    overrides, expected_logs = CASES[case]
+    overrides = {k: (prior_file if v == "PRIOR" else v) for k, v in overrides.items()}
+    if overrides.get("multi_level") is False:
+        overrides["nomulti_level"] = True
+        del overrides["multi_level"]
+    train_dir = str(tmp_path / "run")
+    args = train_helpers.tiny_flags(patterns, train_dir, eval_pattern=patterns["target_val"],
+                                    eval_size="64,32", **overrides)
+    result = train_helpers.run_train(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr
+    for name in expected_logs:
+        assert name in log, f"{name} not logged:\n{log[-2000:]}"
+    assert "step 2/2" in log and "steps/s" in log and "ETA" in log
+    assert "mIoU" in result.stdout
+    # Both steps checkpointed; the segmenter's weights moved and stayed finite.
+    ckpt_dir = os.path.join(train_dir, "checkpoints")
+    first, second = (_segmenter_weights(os.path.join(ckpt_dir, f"ckpt-{i}"),
+                                        overrides.get("nomulti_level") is None) for i in (1, 2))
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second))
+    assert all(np.all(np.isfinite(w)) for w in second)
+    names = tf.train.load_checkpoint(os.path.join(ckpt_dir, "ckpt-2")).get_variable_to_shape_map()
+    assert any(k.startswith("optimizer/_variables/") for k in names)  # SGD momentum buffers
+    if case.startswith("advent"):
+        assert any(k.startswith("d_optimizer_main/_variables/") for k in names)  # Adam slots
+    assert glob.glob(os.path.join(train_dir, "logs", "events.out.tfevents.*"))
+
+
+def test_tensorboard_has_scalars_images_and_flags(patterns, tmp_path):
+    train_dir = str(tmp_path / "run")
+    result = train_helpers.run_train(train_helpers.tiny_flags(patterns, train_dir,
+                                                              method="minent"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    tags = set()
+    for event_file in glob.glob(os.path.join(train_dir, "logs", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(event_file):
+            tags.update(v.tag for v in event.summary.value)
+    for tag in ("loss_seg_main", "loss_ent_main", "lr", "flags", "source/input",
+                "source/prediction", "source/ground_truth", "target/prediction",
+                "target/entropy"):
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(bogus_flag=1), "Unknown command line flag 'bogus_flag'"),
+    (dict(num_classes=16), "has 19 classes"),
+    (dict(source_pattern="/nonexistent/train-*.tfrecord"), "matches no file"),
+    (dict(method="advent", entropy_top_fraction=0.3), "applies to --method=minent only"),
+    (dict(source_size="64"), "--source_size must be WIDTH,HEIGHT"),
+    (dict(learning_rate=-1), "learning_rate"),
+])
+def test_bad_flags_fail_before_training(overrides, message, patterns, tmp_path):
+    train_dir = str(tmp_path / "run")
+    result = train_helpers.run_train(train_helpers.tiny_flags(patterns, train_dir, **overrides))
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(os.path.join(train_dir, "checkpoints"))
+
+
+def test_configs_parse():
+    """Every shipped flagfile names only existing flags with valid values."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    configs = sorted(glob.glob(os.path.join(root, "configs", "*.flags")))
+    assert len(configs) == 7
+    script = ("import sys; from absl import flags; import advent_tf.train\n"
+              "for path in sys.argv[1:]:\n"
+              "    flags.FLAGS.unparse_flags(); flags.FLAGS(['train', '--flagfile=' + path])\n"
+              "    print(path, flags.FLAGS.method, flags.FLAGS.num_classes)\n")
+    result = subprocess.run([sys.executable, "-c", script, *configs], capture_output=True,
+                            text=True, cwd=root, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert any(l.endswith("synthia.flags advent 16") for l in lines), lines
+    assert any(l.endswith("gta_minent_er.flags minent 19") for l in lines), lines

@@ -1,0 +1,19 @@
+"""Losses are scaled per replica so that 2 replicas make the same update as 1 device."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_mirrored_two_replicas_match_one_device():
+    script = os.path.join(os.path.dirname(__file__), "distribution_check.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, script, "source_only", "minent", "advent"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    differences = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(differences) == {"source_only", "minent", "advent"}
+    for method, difference in differences.items():
+        # float32 sums in a different order: agreement to round-off, not exact.
+        assert difference < 1e-4, (method, difference)

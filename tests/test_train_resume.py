@@ -1,0 +1,104 @@
+"""Fault tolerance: SIGKILL mid-run then resume; NaN losses stop training cleanly."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import train_helpers
+
+
+@pytest.fixture(scope="module")
+def patterns(tmp_path_factory):
+    return train_helpers.make_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+def _all_variables(path):
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH" and not name.startswith("save_counter")}
+
+
+def test_sigkill_then_rerun_resumes_from_last_checkpoint(patterns, tmp_path):
+    steps = 16
+    straight_dir, killed_dir = str(tmp_path / "straight"), str(tmp_path / "killed")
+    common = dict(method="advent", num_steps=steps, checkpoint_every=2, image_summary_every=0,
+                  deterministic=True)
+    env = train_helpers.train_env(**train_helpers.DETERMINISTIC_ENV)
+    straight = train_helpers.run_train(train_helpers.tiny_flags(patterns, straight_dir, **common),
+                                       env=env)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    args = train_helpers.tiny_flags(patterns, killed_dir, **common)
+    process = subprocess.Popen([sys.executable, "-m", "advent_tf.train", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = os.path.join(killed_dir, "checkpoints")
+    deadline = time.monotonic() + 300
+    while not os.path.exists(os.path.join(ckpt_dir, "ckpt-4.index")):
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    last = tf.train.latest_checkpoint(ckpt_dir)
+    assert last is not None
+    killed_at = int(last.rsplit("-", 1)[1])
+    assert 4 <= killed_at < steps, killed_at
+
+    # Everything saved before the kill equals what an uninterrupted run had:
+    # segmenter, BN statistics, SGD momentum, both discriminators, Adam states
+    # and the iteration count that drives every schedule.
+    before = _all_variables(last)
+    reference = _all_variables(os.path.join(straight_dir, "checkpoints", f"ckpt-{killed_at}"))
+    # Equal up to float32 round-off that a few steps amplify: even with
+    # --deterministic and oneDNN off, two processes here have differed by ~1e-5
+    # relative (bit-identical in most runs, not all: see the issue note).
+    assert before.keys() == reference.keys()
+    for name in before:
+        if before[name].dtype.kind == "f":
+            np.testing.assert_allclose(before[name], reference[name], rtol=5e-3, atol=1e-4,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(before[name], reference[name], err_msg=name)
+
+    rerun = train_helpers.run_train(args, env=env)  # The very same command.
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"Resumed from {last}" in rerun.stderr
+    first_logged = re.search(r"step (\d+)/16", rerun.stderr)
+    assert first_logged and int(first_logged.group(1)) == killed_at + 1
+    final = _all_variables(os.path.join(ckpt_dir, f"ckpt-{steps}"))
+    assert int(final["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == steps
+    assert int(final["d_optimizer_main/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == steps
+
+    # A third run of the same command has nothing left to do.
+    again = train_helpers.run_train(args, env=env)
+    assert again.returncode == 0 and f"Already trained to step {steps}" in again.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(patterns, tmp_path):
+    train_dir = str(tmp_path / "run")
+    good = train_helpers.run_train(train_helpers.tiny_flags(
+        patterns, train_dir, method="source_only", num_steps=2, image_summary_every=0))
+    assert good.returncode == 0, good.stderr[-3000:]
+    ckpt_dir = os.path.join(train_dir, "checkpoints")
+    good_checkpoint = tf.train.latest_checkpoint(ckpt_dir)
+    # Resume the same run with an absurd learning rate: it must diverge.
+    result = train_helpers.run_train(train_helpers.tiny_flags(
+        patterns, train_dir, method="source_only", learning_rate=1e12, num_steps=20,
+        image_summary_every=0))
+    assert result.returncode != 0
+    match = re.search(r"NonFinite(?:Loss|State)Error: (.*) at step (\d+)", result.stderr)
+    assert match, result.stderr[-3000:]
+    assert int(match.group(2)) > 2
+    last = tf.train.latest_checkpoint(ckpt_dir)
+    assert f"Last good checkpoint kept: {last}" in result.stderr
+    assert last == good_checkpoint or int(last.rsplit("-", 1)[1]) < int(match.group(2))
+    for name, value in _all_variables(last).items():
+        if value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), name
