@@ -204,7 +204,8 @@ def _validate_data():
         except FileNotFoundError:
             logging.warning("--%s=%s has no manifest: class count not checked", flag, pattern)
             continue
-        if manifest["num_classes"] != _NUM_CLASSES.value:
+        # An unlabelled target split carries no class ids to disagree with.
+        if manifest["has_labels"] and manifest["num_classes"] != _NUM_CLASSES.value:
             raise app.UsageError(
                 f"--{flag} data has {manifest['num_classes']} classes (manifest of {pattern}) "
                 f"but --num_classes={_NUM_CLASSES.value}")
