@@ -1,0 +1,37 @@
+"""tools/benchmark.py end to end on a tiny network: one row per measurement, JSON figures."""
+
+import json
+import os
+import subprocess
+import sys
+
+TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                    "benchmark.py")
+
+
+def test_benchmark_prints_a_row_per_method_and_writes_json(tmp_path):
+    output = tmp_path / "bench.json"
+    process = subprocess.run(
+        [sys.executable, TOOL, "--backbone=resnet_mini", "--source_size=64,32",
+         "--target_size=64,32", "--eval_size=64,32", "--iterations=1", "--warmup=1", "--jit=off",
+         "--noisolate", f"--output_json={output}"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    assert process.returncode == 0, process.stderr[-3000:]
+    rows = [line.split() for line in process.stdout.splitlines()]
+    names = [row[0] for row in rows if len(row) > 2 and row[1] == "off"]
+    assert names == ["source_only", "minent", "advent", "inference"], process.stdout
+    assert "FAILED" not in process.stdout
+
+    report = json.loads(output.read_text())
+    assert report["config"]["backbone"] == "resnet_mini"
+    assert report["reference_seconds"] is None  # Not the reference configuration.
+    assert [r["name"] for r in report["results"]] == names
+    for result in report["results"]:
+        assert result["jit"] is False and result["jit_applied"] is False
+        for key in ("seconds", "seconds_min", "first_call_seconds", "gflop", "gflop_per_s",
+                    "peak_memory_bytes"):
+            assert result[key] > 0, (result["name"], key, result[key])
+    gflop = {r["name"]: r["gflop"] for r in report["results"]}
+    # MinEnt adds a target pass to the source pass; AdvEnt adds the discriminators.
+    assert gflop["source_only"] < gflop["minent"] < gflop["advent"]

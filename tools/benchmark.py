@@ -1,0 +1,498 @@
+r"""Times the real training iterations and inference of the multi-level network.
+
+Seconds per training iteration of source-only, MinEnt and AdvEnt (the
+`advent_tf.methods` classes, compiled as `advent_tf.train` compiles them, run
+through Keras' own train function) and seconds per evaluation-size inference,
+with and without XLA, plus peak memory and achieved GFLOP/s:
+
+  python tools/benchmark.py                       # ResNet-101, reference sizes
+  python tools/benchmark.py --jit=off --methods=advent --output_json=/tmp/b.json
+
+Inputs are random preprocessed images and labels held in memory (the input
+pipeline has its own benchmark, tools/benchmark_input.py). Each measurement
+runs in a fresh subprocess by default (--isolate), so that its peak memory is
+its own and a crash of one configuration (an XLA compilation abort, say)
+cannot take the others with it; an error is printed in its row and the
+benchmark goes on.
+
+Peak memory: on CPU the process's peak resident set (`resource.getrusage`),
+which includes the TensorFlow runtime itself and, without --isolate, every
+earlier measurement of the process; on GPU the allocator's peak on GPU:0
+(`tf.config.experimental.get_memory_info`), reset before each measurement.
+
+GFLOP: the Conv2D multiply-adds (x2) of the traced networks at the benchmark
+sizes. A training iteration counts 3x the forward cost of each pass through
+a network (forward, input gradient, weight gradient): the source pass; for
+MinEnt and AdvEnt the target pass; for AdvEnt also, per output head, the
+frozen discriminator on the target map in the generator pass (forward and
+input gradient, 2x) and the discriminator update on the source and target
+maps (3x each). Inference counts one forward pass.
+"""
+
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import traceback
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_BACKBONE = flags.DEFINE_string("backbone", "resnet101",
+                                "Backbone (see advent_tf.models.BACKBONES).")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 19, "Classes of the segmenter.", lower_bound=2)
+_SOURCE_SIZE = flags.DEFINE_list("source_size", ["640", "360"],
+                                 "Source training size WIDTH,HEIGHT.")
+_TARGET_SIZE = flags.DEFINE_list("target_size", ["512", "256"],
+                                 "Target training size WIDTH,HEIGHT.")
+_EVAL_SIZE = flags.DEFINE_list("eval_size", ["1024", "512"], "Inference size WIDTH,HEIGHT.")
+_METHODS = flags.DEFINE_list("methods", ["source_only", "minent", "advent"],
+                             "Training methods to time (source_only, minent, advent).")
+_INFERENCE = flags.DEFINE_bool("inference", True, "Also time inference at --eval_size.")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls first (tracing, XLA compilation).",
+                               lower_bound=0)
+_ITERATIONS = flags.DEFINE_integer("iterations", 3, "Timed calls.", lower_bound=1)
+_JIT = flags.DEFINE_enum("jit", "both", ["both", "on", "off"],
+                         "XLA compilation of the train step / inference function.")
+_PRECISION = flags.DEFINE_enum("mixed_precision", "float32",
+                               ["float32", "mixed_bfloat16", "mixed_float16"],
+                               "Keras dtype policy.")
+_BATCH = flags.DEFINE_integer("batch_size", 1, "Source and target images per iteration.",
+                              lower_bound=1)
+_OUTPUT_JSON = flags.DEFINE_string("output_json", None,
+                                   "Also write the figures here (rewritten after each row).")
+_ISOLATE = flags.DEFINE_bool("isolate", True,
+                             "Run each measurement in a fresh subprocess (own peak memory, "
+                             "crash-proof).")
+_TIMEOUT = flags.DEFINE_integer("measurement_timeout", 1800,
+                                "Seconds before an isolated measurement is abandoned.",
+                                lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 1234, "Random seed (weights and inputs).")
+# Internal: a subprocess started by --isolate runs one measurement and writes it here.
+_MEASURE = flags.DEFINE_string("measure", None, "Internal: KIND,on|off to measure alone.")
+_RESULT_FILE = flags.DEFINE_string("result_file", None, "Internal: where --measure writes.")
+
+METHODS = ("source_only", "minent", "advent")
+INFERENCE = "inference"
+
+# The official PyTorch code (valeoai/ADVENT) on this machine's 2-core CPU,
+# torch 2.13, 2 threads, ResNet-101 multi-level, batch 1, source 640x360 +
+# target 512x256, inference at 1024x512 (seconds per call).
+REFERENCE_SECONDS = {"source_only": 6.89, "minent": 10.37, "advent": 11.14, INFERENCE: 3.93}
+REFERENCE_CONFIG = {"backbone": "resnet101", "num_classes": 19, "batch_size": 1,
+                    "source_size": (360, 640), "target_size": (256, 512),
+                    "eval_size": (512, 1024)}
+# Peak GFLOP/s of the 2 cores of the development machine, by compute dtype.
+CPU_CEILING_GFLOPS = {"float32": 223.0, "mixed_bfloat16": 396.0}
+
+
+def _size(values, name):
+    """WIDTH,HEIGHT flag values -> (height, width).
+
+    Raises:
+      app.UsageError: not two positive integers.
+    """
+    try:
+        width, height = (int(v) for v in values)
+    except ValueError:
+        raise app.UsageError(f"--{name} must be WIDTH,HEIGHT with two integers, got {values}")
+    if width < 1 or height < 1:
+        raise app.UsageError(f"--{name} must be positive, got {values}")
+    return height, width
+
+
+def _config():
+    """The benchmark settings shared by the parent and its measurement subprocesses."""
+    return {
+        "backbone": _BACKBONE.value,
+        "num_classes": _NUM_CLASSES.value,
+        "batch_size": _BATCH.value,
+        "source_size": _size(_SOURCE_SIZE.value, "source_size"),
+        "target_size": _size(_TARGET_SIZE.value, "target_size"),
+        "eval_size": _size(_EVAL_SIZE.value, "eval_size"),
+        "mixed_precision": _PRECISION.value,
+        "warmup": _WARMUP.value,
+        "iterations": _ITERATIONS.value,
+        "seed": _SEED.value,
+    }
+
+
+def _matches_reference(config):
+    return all(config[k] == v for k, v in REFERENCE_CONFIG.items())
+
+
+# -- Building the real training objects --------------------------------------
+def build_method(name, config, jit_compile):
+    """Builds and compiles a training method as `advent_tf.train.build_method` does.
+
+    The reference hyper-parameters: `TorchSGD` (momentum 0.9, coupled weight
+    decay 5e-4) on a poly schedule, ASPP heads at 10x, one update per step;
+    for AdvEnt one Adam (betas 0.9/0.99) per discriminator; dynamic loss
+    scaling under mixed_float16.
+
+    Args:
+      name: "source_only", "minent" or "advent".
+      config: `_config()`.
+      jit_compile: bool, passed to `compile`.
+
+    Returns:
+      The compiled `advent_tf.methods.DomainAdaptationModel`.
+    """
+    import keras
+
+    from advent_tf import methods
+    from advent_tf import models
+    from advent_tf import optimizers
+    from advent_tf import schedules
+
+    def scaled(optimizer):
+        if config["mixed_precision"] == "mixed_float16":
+            return keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
+
+    def poly(base_lr, multiplier=1.0):
+        return schedules.PolySchedule(base_lr, horizon=schedules.REFERENCE_HORIZON, power=0.9,
+                                      multiplier=multiplier)
+
+    keras.utils.set_random_seed(config["seed"])
+    segmenter = models.build_segmenter(config["backbone"], config["num_classes"], True,
+                                       "reference")
+    sgd = optimizers.TorchSGD(learning_rate=poly(2.5e-4), momentum=0.9, weight_decay=5e-4)
+    sgd.set_lr_multiplier(models.head_variables(segmenter), 10.0)
+    sgd.set_update_repeats(models.backbone_variables(segmenter), 1)
+    if name == "advent":
+        def discriminator_and_adam(d_name):
+            return (models.build_discriminator(config["num_classes"], name=d_name),
+                    scaled(keras.optimizers.Adam(poly(1e-4), beta_1=0.9, beta_2=0.99,
+                                                 epsilon=1e-8)))
+        d_main, adam_main = discriminator_and_adam("discriminator_main")
+        d_aux, adam_aux = discriminator_and_adam("discriminator_aux")
+        method = methods.AdvEnt(segmenter, d_main, d_aux)
+        method.compile(scaled(sgd), adam_main, adam_aux, jit_compile=jit_compile)
+    elif name == "minent":
+        method = methods.MinEnt(segmenter)
+        method.compile(scaled(sgd), jit_compile=jit_compile)
+    elif name == "source_only":
+        method = methods.SourceOnly(segmenter)
+        method.compile(scaled(sgd), jit_compile=jit_compile)
+    else:
+        raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
+    return method
+
+
+def random_batch(config):
+    """Random preprocessed source/target images and source labels, as the pipeline yields."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(config["seed"])
+    batch = config["batch_size"]
+
+    def image(size):
+        # BGR minus the ImageNet mean: roughly [-123, 151].
+        return tf.constant(rng.uniform(-120.0, 135.0, (batch, *size, 3)), tf.float32)
+
+    return {"source_image": image(config["source_size"]),
+            "source_label": tf.constant(rng.integers(0, config["num_classes"],
+                                                     (batch, *config["source_size"])), tf.int32),
+            "target_image": image(config["target_size"])}
+
+
+# -- FLOP counting -----------------------------------------------------------
+def conv_gflop(model, shape):
+    """GFLOP (2 x multiply-adds) of the Conv2D ops of one inference-mode forward pass.
+
+    Args:
+      model: a Keras model on NHWC inputs.
+      shape: full input shape [B, H, W, C].
+
+    Returns:
+      float GFLOP, from the statically shaped traced graph.
+    """
+    import tensorflow as tf
+
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec(shape, tf.float32)).graph
+    total = 0
+    for op in graph.get_operations():
+        if op.type == "Conv2D":
+            kernel = op.inputs[1].shape.as_list()  # [kh, kw, in, out]
+            total += 2 * int(np.prod(op.outputs[0].shape.as_list())) * int(np.prod(kernel[:3]))
+    return total / 1e9
+
+
+def iteration_gflop(method, name, config):
+    """Approximate GFLOP of one training iteration (see the module docstring)."""
+    batch, classes = config["batch_size"], config["num_classes"]
+    source = [batch, *config["source_size"]]
+    target = [batch, *config["target_size"]]
+    total = 3 * conv_gflop(method.segmenter, source + [3])
+    if name in ("minent", "advent"):
+        total += 3 * conv_gflop(method.segmenter, target + [3])
+    if name == "advent":
+        for disc in (method.discriminator_main, method.discriminator_aux):
+            d_target = conv_gflop(disc, target + [classes])
+            total += 2 * d_target + 3 * d_target + 3 * conv_gflop(disc, source + [classes])
+    return total
+
+
+# -- One measurement ---------------------------------------------------------
+def _peak_memory(on_gpu):
+    """(bytes, kind) of the peak memory so far."""
+    import tensorflow as tf
+
+    if on_gpu:
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"]), "gpu_peak"
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    scale = 1 if platform.system() == "Darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "process_rss_peak"
+
+
+def _time_calls(call, warmup, iterations):
+    """Runs `call` warmup + iterations times, fetching its outputs to the host each time.
+
+    Returns:
+      (seconds of the first call, list of timed seconds).
+    """
+    import tensorflow as tf
+
+    def run():
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), call())
+        return time.perf_counter() - start
+
+    first = None
+    for _ in range(warmup):
+        elapsed = run()
+        first = elapsed if first is None else first
+    times = [run() for _ in range(iterations)]
+    return (times[0] if first is None else first), times
+
+
+def measure(kind, jit, config):
+    """Times one method's training iteration or the inference, in this process.
+
+    Args:
+      kind: a method name or "inference".
+      jit: bool, XLA compilation.
+      config: `_config()`.
+
+    Returns:
+      A JSON-serialisable dict: seconds (mean of the timed calls), seconds_min,
+      seconds_all, first_call_seconds (tracing and compilation included),
+      jit_applied (what Keras actually used), gflop, gflop_per_s,
+      peak_memory_bytes and memory_kind.
+    """
+    import keras
+    import tensorflow as tf
+
+    from advent_tf import evaluation
+
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if on_gpu:
+        tf.config.experimental.reset_memory_stats("GPU:0")
+    keras.mixed_precision.set_global_policy(config["mixed_precision"])
+    try:
+        if kind == INFERENCE:
+            from advent_tf import models
+
+            keras.utils.set_random_seed(config["seed"])
+            segmenter = models.build_segmenter(config["backbone"], config["num_classes"], True,
+                                               "reference")
+            size = config["eval_size"]
+            images = tf.constant(np.random.default_rng(config["seed"]).uniform(
+                -120.0, 135.0, (config["batch_size"], *size, 3)), tf.float32)
+
+            # The evaluation path: main logits upsampled (align_corners) to the
+            # input size, then the argmax.
+            @tf.function(jit_compile=jit)
+            def infer(x):
+                logits = evaluation.ensemble_logits([(segmenter, 1.0)], x, tf.shape(x)[1:3])
+                return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+            first, times = _time_calls(lambda: infer(images), config["warmup"],
+                                       config["iterations"])
+            jit_applied = jit
+            gflop = conv_gflop(segmenter, [config["batch_size"], *size, 3])
+        else:
+            method = build_method(kind, config, jit)
+            # Keras downgrades jit_compile=True to False for models it deems unfit.
+            jit_applied = bool(method.jit_compile)
+            iterator = iter(tf.data.Dataset.from_tensors(random_batch(config)).repeat())
+            method.make_train_function()
+            first, times = _time_calls(lambda: method.train_function(iterator),
+                                       config["warmup"], config["iterations"])
+            gflop = iteration_gflop(method, kind, config)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    peak, memory_kind = _peak_memory(on_gpu)
+    seconds = float(np.mean(times))
+    return {"seconds": seconds, "seconds_min": float(np.min(times)),
+            "seconds_all": [float(t) for t in times], "first_call_seconds": float(first),
+            "jit_applied": jit_applied, "gflop": gflop, "gflop_per_s": gflop / seconds,
+            "peak_memory_bytes": peak, "memory_kind": memory_kind}
+
+
+def _measure_isolated(kind, jit):
+    """Runs `measure` in a fresh subprocess with the same flags.
+
+    Returns:
+      The measurement dict, or {"error": first line of the failure}.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        result_file = os.path.join(scratch, "result.json")
+        command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:],
+                   f"--measure={kind},{'on' if jit else 'off'}", f"--result_file={result_file}",
+                   "--output_json="]
+        try:
+            process = subprocess.run(command, capture_output=True, text=True,
+                                     timeout=_TIMEOUT.value)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {_TIMEOUT.value} s"}
+        if os.path.exists(result_file):
+            with open(result_file, encoding="utf-8") as f:
+                return json.load(f)
+        lines = [line for line in process.stderr.splitlines() if line.strip()]
+        cause = next((line for line in reversed(lines) if "Error" in line),
+                     lines[-1] if lines else "no output")
+        return {"error": f"exit status {process.returncode}: {cause.strip()}"}
+
+
+def _error_line(exception):
+    text = str(exception).strip().splitlines()
+    return f"{type(exception).__name__}: {text[0] if text else ''}"
+
+
+def _run_child(spec):
+    """--measure: one measurement in this process, written to --result_file."""
+    kind, jit = spec.split(",")
+    try:
+        result = measure(kind, jit == "on", _config())
+    except Exception as e:  # Reported as the row's error by the parent.
+        traceback.print_exc()
+        result = {"error": _error_line(e)}
+    with open(_RESULT_FILE.value, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+
+
+# -- Report ------------------------------------------------------------------
+_HEADER = (f"{'measurement':<12} {'XLA':<4} {'s/call':>8} {'min':>8} {'1st call':>9} "
+           f"{'GFLOP':>8} {'GFLOP/s':>8} {'%ceil':>6} {'peak MiB':>9} {'ref s':>6} "
+           f"{'ours/ref':>8}")
+
+
+def format_row(row):
+    """One table line for a result row (or its error)."""
+    head = f"{row['name']:<12} {'on' if row['jit'] else 'off':<4}"
+    if "error" in row:
+        return f"{head} FAILED: {row['error']}"
+
+    def optional(value, spec, width):
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
+    note = ("" if row["jit_applied"] == row["jit"]
+            else f"  (Keras applied jit_compile={row['jit_applied']})")
+    return (f"{head} {row['seconds']:>8.3f} {row['seconds_min']:>8.3f} "
+            f"{row['first_call_seconds']:>9.2f} {row['gflop']:>8.1f} {row['gflop_per_s']:>8.1f} "
+            f"{optional(row.get('percent_of_ceiling'), '.1f', 6)} "
+            f"{row['peak_memory_bytes'] / 2**20:>9.0f} "
+            f"{optional(row.get('reference_seconds'), '.2f', 6)} "
+            f"{optional(row.get('ratio_to_reference'), '.2f', 8)}{note}")
+
+
+def _annotate(row, config, on_gpu):
+    """Adds the reference time, ours/reference ratio and % of the CPU ceiling."""
+    if "error" in row:
+        return row
+    if _matches_reference(config):
+        row["reference_seconds"] = REFERENCE_SECONDS[row["name"]]
+        row["ratio_to_reference"] = row["seconds"] / row["reference_seconds"]
+    ceiling = None if on_gpu else CPU_CEILING_GFLOPS.get(config["mixed_precision"])
+    if ceiling:
+        row["percent_of_ceiling"] = 100.0 * row["gflop_per_s"] / ceiling
+    return row
+
+
+def _write_json(path, report):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+
+
+def run_benchmark():
+    """Runs every requested measurement, prints the table, writes --output_json.
+
+    Returns:
+      The report dict (also the JSON content).
+    """
+    import keras
+    import tensorflow as tf
+
+    config = _config()
+    unknown = sorted(set(_METHODS.value) - set(METHODS))
+    if unknown:
+        raise app.UsageError(f"--methods: unknown {unknown}; expected some of {METHODS}")
+    jits = {"both": (False, True), "on": (True,), "off": (False,)}[_JIT.value]
+    kinds = list(_METHODS.value) + ([INFERENCE] if _INFERENCE.value else [])
+    gpus = tf.config.list_physical_devices("GPU")
+    device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+              if gpus else f"CPU ({os.cpu_count()} cores)")
+    report = {"config": {**config, "jit": _JIT.value, "isolate": _ISOLATE.value,
+                         "device": device, "tensorflow": tf.__version__,
+                         "keras": keras.__version__},
+              "reference_seconds": REFERENCE_SECONDS if _matches_reference(config) else None,
+              "cpu_ceiling_gflop_per_s": None if gpus else CPU_CEILING_GFLOPS,
+              "results": []}
+    height, width = config["source_size"]
+    t_height, t_width = config["target_size"]
+    e_height, e_width = config["eval_size"]
+    print(f"{config['backbone']} multi-level, batch {config['batch_size']}, "
+          f"source {width}x{height} + target {t_width}x{t_height}, inference "
+          f"{e_width}x{e_height}, {config['mixed_precision']}, {device}, "
+          f"TF {tf.__version__} / Keras {keras.__version__}, warmup {config['warmup']}, "
+          f"{config['iterations']} timed calls", flush=True)
+    print(_HEADER, flush=True)
+    for jit in jits:
+        for kind in kinds:
+            if _ISOLATE.value:
+                result = _measure_isolated(kind, jit)
+            else:
+                try:
+                    result = measure(kind, jit, config)
+                except Exception as e:  # One failing configuration must not stop the others.
+                    result = {"error": _error_line(e)}
+                keras.backend.clear_session()
+                gc.collect()
+            row = _annotate({"name": kind, "jit": jit, **result}, config, bool(gpus))
+            report["results"].append(row)
+            print(format_row(row), flush=True)
+            if _OUTPUT_JSON.value:
+                _write_json(_OUTPUT_JSON.value, report)
+    memory = ("peak memory: GPU:0 allocator peak per measurement" if gpus else
+              "peak memory: process RSS peak (TF runtime included"
+              + (", per measurement subprocess)" if _ISOLATE.value
+                 else ", cumulative over the process)"))
+    print(f"s/call: mean of the timed calls; 1st call: tracing and compilation included; "
+          f"{memory}; %ceil: of "
+          + ("the accelerator's peak: not tabulated" if gpus else
+             "the 2-core CPU's 223 (float32) / 396 (bfloat16) GFLOP/s")
+          + "; ref: official PyTorch code, torch 2.13 CPU, 2 threads.", flush=True)
+    return report
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _MEASURE.value:
+        _run_child(_MEASURE.value)
+        return
+    run_benchmark()
+
+
+if __name__ == "__main__":
+    app.run(main)
