@@ -8,6 +8,7 @@ from absl import app
 from absl import flags
 
 from advent_tf import checkpoint_io
+from advent_tf.cli import parse_size  # noqa: F401  (re-exported for the commands)
 from advent_tf.models.builder import BACKBONES
 
 CHECKPOINTS = flags.DEFINE_list(
@@ -24,17 +25,6 @@ NUM_CLASSES = flags.DEFINE_enum("num_classes", "19", ["19", "16"],
                                 "19 (GTA5 -> Cityscapes) or 16 (SYNTHIA -> Cityscapes).")
 MULTI_LEVEL = flags.DEFINE_bool("multi_level", True,
                                 "The checkpoints have the auxiliary head (ResNet default).")
-
-
-def parse_size(values, name):
-    """A WIDTH,HEIGHT flag value -> (height, width), or a UsageError."""
-    try:
-        width, height = (int(v) for v in values)
-    except ValueError:
-        raise app.UsageError(f"--{name} must be WIDTH,HEIGHT (two integers), got {values}")
-    if width < 1 or height < 1:
-        raise app.UsageError(f"--{name} must be positive, got {values}")
-    return height, width
 
 
 def num_classes():

@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from advent_tf import cli
 from advent_tf import evaluation
 from advent_tf import metrics
 from advent_tf import methods
@@ -38,6 +39,9 @@ _DEMO_DIR = flags.DEFINE_string(
     "demo_data_dir", None, "If set, the built-in demo data is generated there when missing.")
 _EVAL_PATTERN = flags.DEFINE_string(
     "eval_pattern", None, "Labelled target split to score once training ends (optional).")
+_EVAL_EVERY = flags.DEFINE_integer(
+    "eval_every", 0, "Also score --eval_pattern every this many steps (0 = only at the end); "
+    "mIoU goes to TensorBoard.", lower_bound=0)
 _EVAL_SIZE = flags.DEFINE_list("eval_size", ["1024", "512"],
                                "Evaluation input size WIDTH,HEIGHT (reference: 1024,512).")
 
@@ -109,17 +113,6 @@ _DETERMINISTIC = flags.DEFINE_bool(
     "enable_op_determinism): reruns of a command give the same weights, a little slower.")
 
 flags.mark_flags_as_required(["source_pattern", "target_pattern", "train_dir"])
-
-
-def _size(values, name):
-    """WIDTH,HEIGHT flag -> (height, width), with a clear error."""
-    try:
-        width, height = (int(v) for v in values)
-    except ValueError:
-        raise app.UsageError(f"--{name} must be WIDTH,HEIGHT with two integers, got {values}")
-    if width < 1 or height < 1:
-        raise app.UsageError(f"--{name} must be positive, got {values}")
-    return height, width
 
 
 def load_class_prior(path, num_classes):
@@ -224,8 +217,8 @@ def run():
         raise app.UsageError("--entropy_top_fraction (ER) applies to --method=minent only")
     _validate_data()
     class_prior = load_class_prior(_PRIOR.value, _NUM_CLASSES.value) if _PRIOR.value else None
-    source_size = _size(_SOURCE_SIZE.value, "source_size")
-    target_size = _size(_TARGET_SIZE.value, "target_size")
+    source_size = cli.parse_size(_SOURCE_SIZE.value, "source_size")
+    target_size = cli.parse_size(_TARGET_SIZE.value, "target_size")
     keras.mixed_precision.set_global_policy(_PRECISION.value)
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
@@ -262,6 +255,9 @@ def run():
         if checkpoints.is_chief():
             cbs.append(callbacks.TensorBoardSummaries(log_dir, step, sample, _LOG_EVERY.value,
                                                       _IMAGE_EVERY.value, _flags_markdown()))
+            if _EVAL_EVERY.value and _EVAL_PATTERN.value:
+                cbs.append(callbacks.PeriodicEvaluation(
+                    _EVAL_EVERY.value, _eval_dataset, _NUM_CLASSES.value, log_dir, step))
         # Keras distributes the dataset itself over the strategy the model was built in.
         method.fit(dataset, epochs=1, steps_per_epoch=_STEPS.value - start, verbose=0, callbacks=cbs)
     if _EVAL_PATTERN.value:
@@ -269,10 +265,13 @@ def run():
     return method
 
 
+def _eval_dataset():
+    return pipeline.make_eval_dataset(_EVAL_PATTERN.value,
+                                      cli.parse_size(_EVAL_SIZE.value, "eval_size"))
+
+
 def _final_evaluation(method):
-    height, width = _size(_EVAL_SIZE.value, "eval_size")
-    dataset = pipeline.make_eval_dataset(_EVAL_PATTERN.value, (height, width))
-    hist = evaluation.evaluate([(method.segmenter, 1.0)], dataset, _NUM_CLASSES.value)
+    hist = evaluation.evaluate([(method.segmenter, 1.0)], _eval_dataset(), _NUM_CLASSES.value)
     names = manifest_lib.read_manifest(_EVAL_PATTERN.value)["class_names"]
     table = metrics.format_iou_table(hist, names)
     print(f"\nTarget evaluation ({_EVAL_PATTERN.value}) after {_METHOD.value}:\n{table}",

@@ -77,10 +77,12 @@ def test_method_trains_end_to_end(case, patterns, prior_file, tmp_path):
     assert glob.glob(os.path.join(train_dir, "logs", "events.out.tfevents.*"))
 
 
-def test_tensorboard_has_scalars_images_and_flags(patterns, tmp_path):
+def test_tensorboard_has_scalars_images_flags_and_periodic_eval(patterns, tmp_path):
+    """Also covers --eval_every (target mIoU during training)."""
     train_dir = str(tmp_path / "run")
-    result = train_helpers.run_train(train_helpers.tiny_flags(patterns, train_dir,
-                                                              method="minent"))
+    result = train_helpers.run_train(train_helpers.tiny_flags(
+        patterns, train_dir, method="minent", eval_pattern=patterns["target_val"],
+        eval_size="64,32", eval_every=1))
     assert result.returncode == 0, result.stderr[-3000:]
     tags = set()
     for event_file in glob.glob(os.path.join(train_dir, "logs", "events.out.tfevents.*")):
@@ -88,7 +90,7 @@ def test_tensorboard_has_scalars_images_and_flags(patterns, tmp_path):
             tags.update(v.tag for v in event.summary.value)
     for tag in ("loss_seg_main", "loss_ent_main", "lr", "flags", "source/input",
                 "source/prediction", "source/ground_truth", "target/prediction",
-                "target/entropy"):
+                "target/entropy", "eval/mIoU", "eval/IoU/road"):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
 
 

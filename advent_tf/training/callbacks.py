@@ -9,6 +9,7 @@ import tensorflow as tf
 from absl import logging
 
 from advent_tf import constants
+from advent_tf import evaluation
 from advent_tf import losses
 from advent_tf import ops
 from advent_tf import preprocessing
@@ -124,3 +125,36 @@ class TensorBoardSummaries(keras.callbacks.Callback):
             tf.summary.image(f"{domain}/prediction", colorize(prediction), step=step)
             tf.summary.image(f"{domain}/entropy", entropy[..., None], step=step)
         tf.summary.image("source/ground_truth", colorize(self.sample["source_label"]), step=step)
+
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """Scores the segmenter on a labelled target split every `every` steps.
+
+    Uses the evaluation protocol of `advent_tf.evaluation` and writes
+    `eval/mIoU` and per-class IoU scalars beside the training summaries.
+
+    Args:
+      every: period in steps.
+      dataset_fn: returns a fresh `make_eval_dataset` dataset.
+      num_classes: classes of the segmenter.
+      log_dir: TensorBoard directory.
+      step_fn: returns the global step.
+    """
+
+    def __init__(self, every, dataset_fn, num_classes, log_dir, step_fn):
+        super().__init__()
+        self.every = every
+        self.dataset_fn = dataset_fn
+        self.num_classes = num_classes
+        self.writer = tf.summary.create_file_writer(log_dir)
+        self.step_fn = step_fn
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.step_fn()
+        if step % self.every:
+            return
+        hist = evaluation.evaluate([(self.model.segmenter, 1.0)], self.dataset_fn(),
+                                   self.num_classes)
+        summary = evaluation.summarize(hist)
+        evaluation.write_scalars(self.writer, summary, step)
+        logging.info("step %d  target mIoU %.2f", step, summary["miou"])
