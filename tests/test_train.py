@@ -37,7 +37,6 @@ def _segmenter_weights(path, multi_level=True):
 
 CASES = {
     "source_only": (dict(method="source_only"), ["loss_seg_main", "loss_seg_aux"]),
-    "minent": (dict(method="minent"), ["loss_ent_main", "loss_ent_aux"]),
     "minent_er": (dict(method="minent", entropy_top_fraction=0.3), ["loss_ent_main"]),
     "minent_cp": (dict(method="minent", class_prior="PRIOR"), ["loss_ent_main", "loss_cp"]),
     "advent": (dict(method="advent"), ["loss_adv_main", "loss_adv_aux", "loss_d_main",
@@ -78,7 +77,7 @@ def test_method_trains_end_to_end(case, patterns, prior_file, tmp_path):
 
 
 def test_tensorboard_has_scalars_images_flags_and_periodic_eval(patterns, tmp_path):
-    """Also covers --eval_every (target mIoU during training)."""
+    """Plain MinEnt; also covers --eval_every (target mIoU during training)."""
     train_dir = str(tmp_path / "run")
     result = train_helpers.run_train(train_helpers.tiny_flags(
         patterns, train_dir, method="minent", eval_pattern=patterns["target_val"],
@@ -88,7 +87,7 @@ def test_tensorboard_has_scalars_images_flags_and_periodic_eval(patterns, tmp_pa
     for event_file in glob.glob(os.path.join(train_dir, "logs", "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(event_file):
             tags.update(v.tag for v in event.summary.value)
-    for tag in ("loss_seg_main", "loss_ent_main", "lr", "flags", "source/input",
+    for tag in ("loss_seg_main", "loss_ent_main", "loss_ent_aux", "lr", "flags", "source/input",
                 "source/prediction", "source/ground_truth", "target/prediction",
                 "target/entropy", "eval/mIoU", "eval/IoU/road"):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"

@@ -56,14 +56,15 @@ def test_sigkill_then_rerun_resumes_from_last_checkpoint(patterns, tmp_path):
     # and the iteration count that drives every schedule.
     before = _all_variables(last)
     reference = _all_variables(os.path.join(straight_dir, "checkpoints", f"ckpt-{killed_at}"))
-    # Equal up to float32 round-off that a few steps amplify: even with
-    # --deterministic and oneDNN off, two processes here have differed by ~1e-5
-    # relative (bit-identical in most runs, not all: see the issue note).
+    # Not bit for bit: even with --deterministic and oneDNN off, two processes
+    # here have differed at float32 round-off, which a few SGD/Adam steps
+    # amplify (up to ~2% on near-zero entries). A wrong restore or different
+    # data differs at the scale of the values themselves.
     assert before.keys() == reference.keys()
     for name in before:
         if before[name].dtype.kind == "f":
-            np.testing.assert_allclose(before[name], reference[name], rtol=5e-3, atol=1e-4,
-                                       err_msg=name)
+            scale = np.max(np.abs(reference[name])) + 1e-6
+            assert np.max(np.abs(before[name] - reference[name])) <= 1e-2 * scale, name
         else:
             np.testing.assert_array_equal(before[name], reference[name], err_msg=name)
 

@@ -43,6 +43,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from advent_tf import cli  # absl only: TF stays unimported in the parent process
+
 _BACKBONE = flags.DEFINE_string("backbone", "resnet101",
                                 "Backbone (see advent_tf.models.BACKBONES).")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 19, "Classes of the segmenter.", lower_bound=2)
@@ -91,30 +93,15 @@ REFERENCE_CONFIG = {"backbone": "resnet101", "num_classes": 19, "batch_size": 1,
 CPU_CEILING_GFLOPS = {"float32": 223.0, "mixed_bfloat16": 396.0}
 
 
-def _size(values, name):
-    """WIDTH,HEIGHT flag values -> (height, width).
-
-    Raises:
-      app.UsageError: not two positive integers.
-    """
-    try:
-        width, height = (int(v) for v in values)
-    except ValueError:
-        raise app.UsageError(f"--{name} must be WIDTH,HEIGHT with two integers, got {values}")
-    if width < 1 or height < 1:
-        raise app.UsageError(f"--{name} must be positive, got {values}")
-    return height, width
-
-
 def _config():
     """The benchmark settings shared by the parent and its measurement subprocesses."""
     return {
         "backbone": _BACKBONE.value,
         "num_classes": _NUM_CLASSES.value,
         "batch_size": _BATCH.value,
-        "source_size": _size(_SOURCE_SIZE.value, "source_size"),
-        "target_size": _size(_TARGET_SIZE.value, "target_size"),
-        "eval_size": _size(_EVAL_SIZE.value, "eval_size"),
+        "source_size": cli.parse_size(_SOURCE_SIZE.value, "source_size"),
+        "target_size": cli.parse_size(_TARGET_SIZE.value, "target_size"),
+        "eval_size": cli.parse_size(_EVAL_SIZE.value, "eval_size"),
         "mixed_precision": _PRECISION.value,
         "warmup": _WARMUP.value,
         "iterations": _ITERATIONS.value,
