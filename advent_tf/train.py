@@ -110,7 +110,7 @@ _PRECISION = flags.DEFINE_enum("mixed_precision", "float32",
 _SEED = flags.DEFINE_integer("seed", 1234, "Random seed (weights init and data order).")
 _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", False, "Deterministic TF ops (tf.config.experimental."
-    "enable_op_determinism): reruns of a command give the same weights, a little slower.")
+    "enable_op_determinism); a little slower.")
 
 flags.mark_flags_as_required(["source_pattern", "target_pattern", "train_dir"])
 

@@ -32,11 +32,6 @@ def tiny_flags(patterns, train_dir, **overrides):
     return [f"--{k}={v}" if v is not True else f"--{k}" for k, v in values.items()]
 
 
-# oneDNN's CPU kernels sum in a thread-dependent order; without them, and with
-# --deterministic, two processes running the same command agree bit for bit.
-DETERMINISTIC_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
-
-
 def train_env(**extra):
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **extra)
 
