@@ -8,12 +8,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advent_tf import constants
 from advent_tf import evaluation
-from advent_tf import losses
-from advent_tf import ops
+from advent_tf import inference
 from advent_tf import preprocessing
-from advent_tf.models import split_outputs
+from advent_tf import visualize
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,13 +65,6 @@ class ProgressLogger(keras.callbacks.Callback):
                      rate, eta_text)
 
 
-def colorize(labels):
-    """Train-id map [B, H, W] -> RGB uint8 with the Cityscapes palette (ignore = black)."""
-    palette = np.concatenate([constants.CITYSCAPES_PALETTE,
-                              np.zeros((256 - len(constants.CITYSCAPES_PALETTE), 3), np.uint8)])
-    return tf.gather(tf.constant(palette), tf.cast(labels, tf.int32) % 256)
-
-
 class TensorBoardSummaries(keras.callbacks.Callback):
     """Scalars every `scalar_every` steps, the paper's Figure 1 view every `image_every`.
 
@@ -111,20 +102,27 @@ class TensorBoardSummaries(keras.callbacks.Callback):
                 self._write_images(step)
         self.writer.flush()
 
-    def _predict(self, images):
-        _, main = split_outputs(self.model.segmenter(images, training=False))
-        prob = tf.nn.softmax(ops.resize_bilinear_align_corners(
-            tf.cast(main, tf.float32), tf.shape(images)[1:3]), axis=-1)
-        return tf.argmax(prob, axis=-1), losses.entropy_map(prob)
+    @staticmethod
+    def _colour(class_maps, num_classes):
+        return np.stack([visualize.colorize(m, num_classes) for m in np.asarray(class_maps)])
 
     def _write_images(self, step):
+        # Colour maps need a Cityscapes palette (19 or 16 classes); other class
+        # counts (a user's own data) get the inputs and entropy maps only.
+        num_classes = self.model.segmenter.outputs[-1].shape[-1]
+        coloured = num_classes in (16, 19)
         for domain in ("source", "target"):
             images = self.sample[f"{domain}_image"]
-            prediction, entropy = self._predict(images)
+            result = inference.segment(evaluation.ensemble_logits(
+                [(self.model.segmenter, 1.0)], images, tf.shape(images)[1:3]))
             tf.summary.image(f"{domain}/input", preprocessing.unpreprocess_image(images), step=step)
-            tf.summary.image(f"{domain}/prediction", colorize(prediction), step=step)
-            tf.summary.image(f"{domain}/entropy", entropy[..., None], step=step)
-        tf.summary.image("source/ground_truth", colorize(self.sample["source_label"]), step=step)
+            if coloured:
+                tf.summary.image(f"{domain}/prediction", self._colour(result["class_map"], num_classes),
+                                 step=step)
+            tf.summary.image(f"{domain}/entropy", result["entropy"][..., None], step=step)
+        if coloured:
+            tf.summary.image("source/ground_truth", self._colour(self.sample["source_label"], num_classes),
+                             step=step)
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):
