@@ -81,11 +81,82 @@ class CeilMaxPool2D(keras.layers.Layer):
         return config
 
 
+def _shift(y, dy, dx):
+    """``out[:, p, q] = y[:, p + dy, q + dx]``, zero where that is outside ``y``.
+
+    Padding before slicing (rather than slicing first) keeps the output the
+    size of the input even when the shift exceeds the map, as dilation 24
+    does on the 9x9 maps of a 65x65 test image.
+    """
+    size = tf.shape(y)
+    padded = tf.pad(y, [[0, 0], [max(-dy, 0), max(dy, 0)],
+                        [max(-dx, 0), max(dx, 0)], [0, 0]])
+    return padded[:, max(dy, 0):max(dy, 0) + size[1],
+                  max(dx, 0):max(dx, 0) + size[2], :]
+
+
+@keras.saving.register_keras_serializable(package="advent_tf")
+class TapSumConv2D(keras.layers.Conv2D):
+    """A 3x3 dilated 'same' convolution computed as 9 shifted 1x1 convolutions.
+
+    ``conv(x, k)[p] = sum_t x[p + d * t] @ k[t]`` over the 9 taps ``t``. All
+    nine ``x @ k[t]`` are one 1x1 convolution to ``9 * filters`` channels (a
+    single large matrix product); each tap's slice is then shifted by
+    ``d * t`` with zero fill and the slices are summed. That is the same
+    function as the convolution, summed in another order (about 3e-6
+    relative apart in float32).
+
+    Why: TensorFlow runs a dilated convolution on CPU through SpaceToBatchND,
+    which pads the map to a multiple of the dilation on both sides; at the
+    ASPP heads' dilations (6-24) on stride-8 maps most of the batched work is
+    padding, and with only ``num_classes`` output channels oneDNN's kernels
+    are far from peak. On the 33x65 maps of a 512x256 image this cuts one
+    ResNet-101 head's forward+backward from 95-210 ms to 28-43 ms per branch
+    (tools/benchmark.py measures the whole network). It does not pay for the
+    backbone's 256/512-channel dilated convs, whose 9x wider intermediate
+    costs more than it saves, so those stay `keras.layers.Conv2D`.
+
+    Same weights, names and config as `keras.layers.Conv2D`, so checkpoints
+    and the PyTorch converter are unaffected.
+
+    Raises:
+      ValueError: Unless kernel 3x3, stride 1, 'same' padding, channels_last.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if (tuple(self.kernel_size) != (3, 3) or tuple(self.strides) != (1, 1)
+                or self.padding != "same" or self.data_format != "channels_last"):
+            raise ValueError(
+                "TapSumConv2D supports 3x3 kernels, stride 1, 'same' padding "
+                f"and channels_last only (layer {self.name!r}).")
+
+    def convolution_op(self, inputs, kernel):
+        in_channels = kernel.shape[2]
+        # [3, 3, C, F] -> [C, 3 * 3 * F]: column block t = (i, j) is k[i, j].
+        taps = tf.reshape(tf.transpose(kernel, [2, 0, 1, 3]),
+                          [1, 1, in_channels, 9 * self.filters])
+        maps = tf.nn.conv2d(inputs, taps, strides=1, padding="VALID")
+        # The 9-term sum runs in float32 so that a mixed-precision policy
+        # rounds once, as a convolution's float32 accumulator would.
+        maps = tf.cast(maps, tf.float32)
+        dy_rate, dx_rate = self.dilation_rate
+        total = None
+        for i in range(3):
+            for j in range(3):
+                t = 3 * i + j
+                shifted = _shift(maps[..., t * self.filters:(t + 1) * self.filters],
+                                 (i - 1) * dy_rate, (j - 1) * dx_rate)
+                total = shifted if total is None else total + shifted
+        return tf.cast(total, inputs.dtype)
+
+
 def aspp_classifier(x, num_classes, name, in_channels):
     """DeepLab-V2 ASPP classifier: the SUM of four dilated 3x3 convolutions.
 
     Mirrors the reference's ``ClassifierModule`` (dilation = padding in
-    6, 12, 18, 24; with stride 1, padding = dilation is exactly 'same').
+    6, 12, 18, 24; with stride 1, padding = dilation is exactly 'same'),
+    each computed by `TapSumConv2D`.
     Weights N(0, 0.01) as the reference sets them; biases keep PyTorch's
     default init, which the reference does not override. The sum runs in
     float32 so that logits leave the model in float32 under a mixed-precision
@@ -102,7 +173,7 @@ def aspp_classifier(x, num_classes, name, in_channels):
       Logits tensor with ``num_classes`` channels.
     """
     branches = [
-        keras.layers.Conv2D(
+        TapSumConv2D(
             num_classes, 3, padding="same", dilation_rate=rate, use_bias=True,
             kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
             bias_initializer=pytorch_default_bias_initializer(in_channels * 9),
