@@ -166,6 +166,20 @@ def test_bn_reference_training_uses_batch_stats_and_pytorch_update():
     np.testing.assert_allclose(new[3], 0.9 * var0 + 0.1 * var * n / (n - 1), rtol=1e-5)
 
 
+def test_bn_single_value_per_channel_keeps_the_moving_variance_finite():
+    layer, _ = _random_bn("reference")
+    mean0 = layer.moving_mean.numpy().copy()
+    var0 = layer.moving_variance.numpy().copy()
+    x = np.random.default_rng(3).normal(size=(1, 1, 1, var0.size)).astype(np.float32)
+    out = layer(x, training=True).numpy()
+    # One value: batch variance 0, so the output is beta; no unbiased
+    # variance exists, and the moving one keeps its value instead of inf.
+    np.testing.assert_allclose(out[0, 0, 0], layer.beta.numpy(), atol=1e-2)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), var0, rtol=1e-6)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.9 * mean0 + 0.1 * x[0, 0, 0],
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_bn_inference_uses_moving_stats_and_frozen_never_updates():
     for mode, training in (("reference", False), ("frozen", True), ("frozen", False)):
         layer, x = _random_bn(mode)

