@@ -141,13 +141,14 @@ class TapSumConv2D(keras.layers.Conv2D):
         # rounds once, as a convolution's float32 accumulator would.
         maps = tf.cast(maps, tf.float32)
         dy_rate, dx_rate = self.dilation_rate
+        # split (not nine slices): its gradient is one concat, where slices'
+        # would be nine zero-filled full-width StridedSliceGrads.
+        tap_maps = tf.split(maps, 9, axis=-1)
         total = None
-        for i in range(3):
-            for j in range(3):
-                t = 3 * i + j
-                shifted = _shift(maps[..., t * self.filters:(t + 1) * self.filters],
-                                 (i - 1) * dy_rate, (j - 1) * dx_rate)
-                total = shifted if total is None else total + shifted
+        for t, tap_map in enumerate(tap_maps):
+            i, j = divmod(t, 3)
+            shifted = _shift(tap_map, (i - 1) * dy_rate, (j - 1) * dx_rate)
+            total = shifted if total is None else total + shifted
         return tf.cast(total, inputs.dtype)
 
 
