@@ -6,7 +6,8 @@ like the reference, callers upsample them to the input size with
 self-information maps) and before the discriminator; `segmentation_loss` does
 that upsampling itself because it needs the label size anyway.
 
-Every function is compiled with XLA and casts its inputs to float32 first, so
+Every function is compiled with XLA (`xla.compiled`: inlined into an
+enclosing XLA-compiled train step) and casts its inputs to float32 first, so
 that mixed-precision (float16/bfloat16) activations give the same losses as the
 reference's float32 ones.
 """
@@ -17,6 +18,7 @@ import tensorflow as tf
 
 from advent_tf import constants
 from advent_tf import ops
+from advent_tf import xla
 
 # Domain labels of the discriminator as the reference code assigns them. The
 # paper (eq. 7-9) writes source = 1 and target = 0; only the naming of the two
@@ -28,7 +30,7 @@ TARGET_DOMAIN_LABEL = 1.0
 _LOG_EPS = 1e-30
 
 
-@tf.function(jit_compile=True)
+@xla.compiled
 def segmentation_loss(logits, labels):
     """Source cross-entropy L_seg of the supervised term (paper eq. 1).
 
@@ -59,7 +61,7 @@ def segmentation_loss(logits, labels):
     return tf.math.divide_no_nan(tf.reduce_sum(pixel_loss * valid), tf.reduce_sum(valid))
 
 
-@tf.function(jit_compile=True)
+@xla.compiled
 def self_information_map(prob):
     """Weighted self-information map I_x (paper section 3.2, the term inside eq. 2).
 
@@ -79,7 +81,7 @@ def self_information_map(prob):
     return -prob * tf.math.log(prob + _LOG_EPS) / math.log(num_classes)
 
 
-@tf.function(jit_compile=True)
+@xla.compiled
 def entropy_map(prob):
     """Normalised entropy map E_x (paper eq. 2).
 
@@ -94,7 +96,7 @@ def entropy_map(prob):
     return tf.reduce_sum(self_information_map(prob), axis=-1)
 
 
-@tf.function(jit_compile=True)
+@xla.compiled
 def entropy_loss(prob):
     """MinEnt loss L_ent (paper eq. 3): the entropy map averaged over pixels.
 
@@ -112,7 +114,7 @@ def entropy_loss(prob):
     return tf.reduce_mean(entropy_map(prob))
 
 
-@tf.function(jit_compile=True)
+@xla.compiled
 def ranked_entropy_loss(prob, top_fraction):
     """Entropy loss with entropy ranking, ER (paper section 4.3).
 
@@ -149,7 +151,7 @@ def ranked_entropy_loss(prob, top_fraction):
     return tf.reduce_mean(top)
 
 
-@tf.function(jit_compile=True)
+@xla.compiled
 def adversarial_loss(d_logits, domain_label):
     """Adversarial binary cross-entropy L_D of AdvEnt (paper eq. 7-9).
 
@@ -173,7 +175,7 @@ def adversarial_loss(d_logits, domain_label):
         tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=d_logits))
 
 
-@tf.function(jit_compile=True)
+@xla.compiled
 def class_ratio_prior_loss(prob, prior, mu=0.5):
     """Class-ratio prior loss L_cp (paper eq. 10).
 

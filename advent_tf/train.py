@@ -258,8 +258,11 @@ def run():
             if _EVAL_EVERY.value and _EVAL_PATTERN.value:
                 cbs.append(callbacks.PeriodicEvaluation(
                     _EVAL_EVERY.value, _eval_dataset, _NUM_CLASSES.value, log_dir, step))
+        cbs.append(callbacks.StopAtStep(step, _STEPS.value))
         # Keras distributes the dataset itself over the strategy the model was built in.
-        method.fit(dataset, epochs=1, steps_per_epoch=_STEPS.value - start, verbose=0, callbacks=cbs)
+        # The dataset is infinite and the epoch open-ended: StopAtStep ends it
+        # at --num_steps applied updates (float16 loss scaling may skip some).
+        method.fit(dataset, epochs=1, steps_per_epoch=None, verbose=0, callbacks=cbs)
     if _EVAL_PATTERN.value:
         _final_evaluation(method)
     return method

@@ -49,20 +49,46 @@ class ProgressLogger(keras.callbacks.Callback):
         self.every = every
 
     def on_train_begin(self, logs=None):
-        self._start_step = self.step_fn()
+        self._start_step = self._previous_step = self.step_fn()
         self._start_time = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.step_fn()
-        if step % self.every and step != self.total_steps:
+        # Only float16 dynamic loss scaling leaves the step unchanged; such a
+        # batch is always reported, since its losses were computed but unused.
+        skipped = step == self._previous_step
+        self._previous_step = step
+        if not skipped and step % self.every and step != self.total_steps:
             return
         elapsed = time.monotonic() - self._start_time
         rate = (step - self._start_step) / max(elapsed, 1e-9)
         eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
         values = "  ".join(f"{k} {float(v):.4g}" for k, v in sorted((logs or {}).items()))
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-        logging.info("step %d/%d  %s  %.3f steps/s  ETA %s", step, self.total_steps, values,
-                     rate, eta_text)
+        note = ("  update skipped: gradients overflowed, float16 loss scale lowered"
+                if skipped else "")
+        logging.info("step %d/%d  %s  %.3f steps/s  ETA %s%s", step, self.total_steps, values,
+                     rate, eta_text, note)
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Ends `fit` once the optimizer has applied `num_steps` updates.
+
+    The number of batches is not known in advance: under float16 dynamic loss
+    scaling a batch whose gradients overflow is skipped (the optimizer's
+    iteration count, hence the step and the poly schedule, stays put), so
+    `fit` runs over an open-ended epoch and this callback stops it. Put it
+    last, so that the other callbacks (checkpoint, logs) see the final step.
+    """
+
+    def __init__(self, step_fn, num_steps):
+        super().__init__()
+        self.step_fn = step_fn
+        self.num_steps = num_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.step_fn() >= self.num_steps:
+            self.model.stop_training = True
 
 
 class TensorBoardSummaries(keras.callbacks.Callback):

@@ -68,13 +68,20 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.every = every
         self.step_fn = step_fn
         self._healthy = True
+        self._last_saved = None
+
+    def on_train_begin(self, logs=None):
+        # The restored (or initial) step is already on disk or needs no save.
+        self._last_saved = self.step_fn()
 
     def on_train_batch_end(self, batch, logs=None):
         # The NaN guard raises on a non-finite loss; this check also keeps a
         # diverged state out of the checkpoints if Keras still runs on_train_end.
         self._healthy = all(math.isfinite(float(v)) for v in (logs or {}).values())
         step = self.step_fn()
-        if self._healthy and step % self.every == 0:
+        # A batch skipped by float16 loss scaling leaves the step unchanged:
+        # nothing new to save.
+        if self._healthy and step % self.every == 0 and step != self._last_saved:
             self._save(step)
 
     def _state_is_finite(self):
@@ -96,6 +103,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                 f"the weights became non-finite at step {step}; training stopped. "
                 f"Last good checkpoint kept: {self.manager.latest_checkpoint or 'none yet'}.")
         path = self.manager.save(checkpoint_number=step)
+        self._last_saved = step
         logging.info("Saved checkpoint %s", path)
 
 
