@@ -25,6 +25,10 @@ def _all_variables(path):
             if name != "_CHECKPOINTABLE_OBJECT_GRAPH" and not name.startswith("save_counter")}
 
 
+def _checkpoint_step(path):
+    return -1 if path is None else int(path.rsplit("-", 1)[1])
+
+
 def test_sigkill_then_rerun_resumes_from_last_checkpoint(patterns, tmp_path):
     steps = 16
     killed_dir = str(tmp_path / "killed")
@@ -35,7 +39,9 @@ def test_sigkill_then_rerun_resumes_from_last_checkpoint(patterns, tmp_path):
                                stderr=subprocess.DEVNULL)
     ckpt_dir = os.path.join(killed_dir, "checkpoints")
     deadline = time.monotonic() + 300
-    while not os.path.exists(os.path.join(ckpt_dir, "ckpt-4.index")):
+    # Wait on the manager's state file, which is written after a checkpoint's
+    # files: killing between the two leaves the previous checkpoint newest.
+    while _checkpoint_step(tf.train.latest_checkpoint(ckpt_dir)) < 4:
         assert process.poll() is None, "training ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.05)
