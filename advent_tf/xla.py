@@ -40,7 +40,7 @@ def compiled(function):
 
     Returns:
       A callable with the same signature; `.python_function` is the original
-      and `.jit_function` the `tf.function(jit_compile=True)`.
+      (the attribute `tf.function` offers, which inference.py uses).
     """
     jit_function = tf.function(function, jit_compile=True)
 
@@ -51,5 +51,4 @@ def compiled(function):
         return jit_function(*args, **kwargs)
 
     wrapper.python_function = function
-    wrapper.jit_function = jit_function
     return wrapper
