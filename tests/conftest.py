@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -9,6 +10,9 @@ import numpy as np
 import pytest
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
+# tools/pytorch_reference.py (the official code's network and iterations in
+# PyTorch) is shared by the benchmark and the comparison tests.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tools"))
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
                     "benchmark.py")
 
@@ -19,7 +21,7 @@ def test_benchmark_prints_a_row_per_method_and_writes_json(tmp_path):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     assert process.returncode == 0, process.stderr[-3000:]
     rows = [line.split() for line in process.stdout.splitlines()]
-    names = [row[0] for row in rows if len(row) > 2 and row[1] == "off"]
+    names = [row[0] for row in rows if len(row) > 3 and row[1:3] == ["ours", "off"]]
     assert names == ["source_only", "minent", "advent", "inference"], process.stdout
     assert "FAILED" not in process.stdout
 
@@ -35,3 +37,31 @@ def test_benchmark_prints_a_row_per_method_and_writes_json(tmp_path):
     gflop = {r["name"]: r["gflop"] for r in report["results"]}
     # MinEnt adds a target pass to the source pass; AdvEnt adds the discriminators.
     assert gflop["source_only"] < gflop["minent"] < gflop["advent"]
+
+
+def test_benchmark_times_pytorch_side_by_side(tmp_path):
+    """--pytorch: a PyTorch row after ours per measurement, and ours/PyTorch from the same run."""
+    pytest.importorskip("torch")
+    output = tmp_path / "bench.json"
+    process = subprocess.run(
+        [sys.executable, TOOL, "--backbone=resnet_mini", "--source_size=64,32",
+         "--target_size=64,32", "--eval_size=64,32", "--iterations=1", "--warmup=1", "--jit=off",
+         "--methods=advent", "--pytorch", "--rounds=2", "--noisolate",
+         "--mixed_precision=mixed_bfloat16", f"--output_json={output}"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "FAILED" not in process.stdout, process.stdout
+    rows = [line.split()[:3] for line in process.stdout.splitlines()]
+    assert [r for r in rows if r and r[0] in ("advent", "inference")] == [
+        ["advent", "ours", "off"], ["advent", "pytorch", "-"],
+        ["inference", "ours", "off"], ["inference", "pytorch", "-"]], process.stdout
+
+    results = json.loads(output.read_text())["results"]
+    for ours, theirs in zip(results[::2], results[1::2]):
+        assert (ours["implementation"], theirs["implementation"]) == ("advent_tf", "pytorch")
+        # Two rounds of one timed call each, pooled.
+        assert len(ours["seconds_all"]) == len(theirs["seconds_all"]) == 2
+        assert ours["ratio_to_pytorch"] == pytest.approx(ours["seconds"] / theirs["seconds"])
+        assert theirs["gflop"] == ours["gflop"] > 0  # The same network.
+        assert theirs["torch_threads"] >= 1

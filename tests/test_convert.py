@@ -1,6 +1,6 @@
 """Tests for the PyTorch -> Keras checkpoint converter.
 
-Checkpoints are random state dicts of `torch_deeplab.ResNetMulti`, saved with
+Checkpoints are random state dicts of `pytorch_reference.ResNetMulti`, saved with
 `torch.save` like the released ones; the converted weights are loaded with
 `load_weights` and the Keras model's eval-mode outputs are compared with the
 PyTorch network's on the same (preprocessed) input.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_deeplab
+import pytorch_reference
 from advent_tf import convert
 from advent_tf.models import build_segmenter
 from advent_tf.models.resnet import RESNET_BLOCKS
@@ -31,8 +31,8 @@ RTOL = 1e-5
 
 
 def _torch_net(backbone="resnet_tiny", num_classes=NUM_CLASSES, seed=0, **kwargs):
-    net = torch_deeplab.ResNetMulti(RESNET_BLOCKS[backbone], num_classes, **kwargs)
-    return torch_deeplab.randomize_(net, seed).eval()
+    net = pytorch_reference.ResNetMulti(RESNET_BLOCKS[backbone], num_classes, **kwargs)
+    return pytorch_reference.randomize_(net, seed).eval()
 
 
 def _save(state_dict, path):

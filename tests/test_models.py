@@ -245,71 +245,6 @@ def test_builder_argument_errors():
         build_segmenter("resnet_tiny", num_classes=0)
 
 
-def _torch_resnet_multi(torch, blocks, num_classes):
-    """The reference's ResNetMulti (valeoai/ADVENT deeplabv2.py), restated in torch."""
-    nn = torch.nn
-
-    class Bottleneck(nn.Module):
-        def __init__(self, inplanes, planes, stride, dilation, downsample):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation,
-                                   dilation=dilation, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(planes * 4)
-            self.downsample = downsample
-
-        def forward(self, x):
-            out = torch.relu(self.bn1(self.conv1(x)))
-            out = torch.relu(self.bn2(self.conv2(out)))
-            out = self.bn3(self.conv3(out))
-            residual = self.downsample(x) if self.downsample is not None else x
-            return torch.relu(out + residual)
-
-    class Classifier(nn.Module):
-        def __init__(self, inplanes):
-            super().__init__()
-            self.conv2d_list = nn.ModuleList(
-                nn.Conv2d(inplanes, num_classes, 3, padding=r, dilation=r)
-                for r in (6, 12, 18, 24))
-
-        def forward(self, x):
-            return sum(conv(x) for conv in self.conv2d_list)
-
-    class ResNetMulti(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inplanes = 64
-            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
-            self.layer1 = self._make_layer(64, blocks[0], 1, 1)
-            self.layer2 = self._make_layer(128, blocks[1], 2, 1)
-            self.layer3 = self._make_layer(256, blocks[2], 1, 2)
-            self.layer4 = self._make_layer(512, blocks[3], 1, 4)
-            self.layer5 = Classifier(1024)
-            self.layer6 = Classifier(2048)
-
-        def _make_layer(self, planes, num_blocks, stride, dilation):
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * 4))
-            layers = [Bottleneck(self.inplanes, planes, stride, dilation, downsample)]
-            self.inplanes = planes * 4
-            layers += [Bottleneck(self.inplanes, planes, 1, dilation, None)
-                       for _ in range(1, num_blocks)]
-            return nn.Sequential(*layers)
-
-        def forward(self, x):
-            x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
-            x3 = self.layer3(self.layer2(self.layer1(x)))
-            return self.layer5(x3), self.layer6(self.layer4(x3))
-
-    return ResNetMulti()
-
-
 def test_resnet_tiny_matches_pytorch_reference_by_layer_name(tiny_image):
     """Copies random weights by state-dict key -> layer name and compares outputs.
 
@@ -318,8 +253,10 @@ def test_resnet_tiny_matches_pytorch_reference_by_layer_name(tiny_image):
     both BN regimes, including PyTorch's running-statistics update.
     """
     torch = pytest.importorskip("torch")
+    import pytorch_reference
+
     torch.manual_seed(0)
-    net = _torch_resnet_multi(torch, (1, 1, 1, 1), num_classes=3).double()
+    net = pytorch_reference.build_resnet("resnet_tiny", num_classes=3).double()
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

@@ -7,6 +7,14 @@ with and without XLA, plus peak memory and achieved GFLOP/s:
 
   python tools/benchmark.py                       # ResNet-101, reference sizes
   python tools/benchmark.py --jit=off --methods=advent --output_json=/tmp/b.json
+  python tools/benchmark.py --jit=off --pytorch --rounds=2   # side by side with PyTorch
+
+--pytorch also times the official code's iterations and inference in PyTorch
+(tools/pytorch_reference.py: the same network, sizes and random inputs, the
+Keras dtype policy as torch.autocast), each right after ours and alternating
+round by round, so that the ours/PyTorch ratio comes from one run on one
+machine state. The "ref" columns instead compare with the official code as
+measured once on the development machine.
 
 Inputs are random preprocessed images and labels held in memory (the input
 pipeline has its own benchmark, tools/benchmark_input.py). Each measurement
@@ -75,12 +83,24 @@ _TIMEOUT = flags.DEFINE_integer("measurement_timeout", 1800,
                                 "Seconds before an isolated measurement is abandoned.",
                                 lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 1234, "Random seed (weights and inputs).")
+_PYTORCH = flags.DEFINE_bool(
+    "pytorch", False,
+    "Also time the official code's iterations and inference in PyTorch "
+    "(tools/pytorch_reference.py, same network, sizes, inputs and dtype policy via "
+    "torch.autocast), each right after ours, for a ratio measured in the same run. "
+    "Needs torch; CPU only.")
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 1, "Measure each configuration this many times, alternating with PyTorch "
+    "under --pytorch; the timed calls of all rounds are pooled.", lower_bound=1)
 # Internal: a subprocess started by --isolate runs one measurement and writes it here.
-_MEASURE = flags.DEFINE_string("measure", None, "Internal: KIND,on|off to measure alone.")
+_MEASURE = flags.DEFINE_string("measure", None,
+                               "Internal: KIND,on|off[,pytorch] to measure alone.")
 _RESULT_FILE = flags.DEFINE_string("result_file", None, "Internal: where --measure writes.")
 
 METHODS = ("source_only", "minent", "advent")
 INFERENCE = "inference"
+OURS = "advent_tf"
+PYTORCH = "pytorch"
 
 # The official PyTorch code (valeoai/ADVENT) on this machine's 2-core CPU,
 # torch 2.13, 2 threads, ResNet-101 multi-level, batch 1, source 640x360 +
@@ -172,21 +192,32 @@ def build_method(name, config, jit_compile):
     return method
 
 
-def random_batch(config):
-    """Random preprocessed source/target images and source labels, as the pipeline yields."""
-    import tensorflow as tf
-
+def random_arrays(config):
+    """Random preprocessed source/target images (NHWC) and source labels, as numpy arrays."""
     rng = np.random.default_rng(config["seed"])
     batch = config["batch_size"]
 
     def image(size):
         # BGR minus the ImageNet mean: roughly [-123, 151].
-        return tf.constant(rng.uniform(-120.0, 135.0, (batch, *size, 3)), tf.float32)
+        return rng.uniform(-120.0, 135.0, (batch, *size, 3)).astype(np.float32)
 
     return {"source_image": image(config["source_size"]),
-            "source_label": tf.constant(rng.integers(0, config["num_classes"],
-                                                     (batch, *config["source_size"])), tf.int32),
+            "source_label": rng.integers(0, config["num_classes"],
+                                         (batch, *config["source_size"])).astype(np.int32),
             "target_image": image(config["target_size"])}
+
+
+def random_batch(config):
+    """`random_arrays` as the tensors the training pipeline yields."""
+    import tensorflow as tf
+
+    return {key: tf.constant(value) for key, value in random_arrays(config).items()}
+
+
+def random_eval_images(config):
+    """Random preprocessed NHWC images at the inference size."""
+    return np.random.default_rng(config["seed"]).uniform(
+        -120.0, 135.0, (config["batch_size"], *config["eval_size"], 3)).astype(np.float32)
 
 
 # -- FLOP counting -----------------------------------------------------------
@@ -230,9 +261,9 @@ def iteration_gflop(method, name, config):
 # -- One measurement ---------------------------------------------------------
 def _peak_memory(on_gpu):
     """(bytes, kind) of the peak memory so far."""
-    import tensorflow as tf
-
     if on_gpu:
+        import tensorflow as tf
+
         return int(tf.config.experimental.get_memory_info("GPU:0")["peak"]), "gpu_peak"
     # ru_maxrss is in KiB on Linux, bytes on macOS.
     scale = 1 if platform.system() == "Darwin" else 1024
@@ -271,8 +302,8 @@ def measure(kind, jit, config):
     Returns:
       A JSON-serialisable dict: seconds (mean of the timed calls), seconds_min,
       seconds_all, first_call_seconds (tracing and compilation included),
-      jit_applied (what Keras actually used), gflop, gflop_per_s,
-      peak_memory_bytes and memory_kind.
+      jit_applied (what Keras actually used), gflop, peak_memory_bytes and
+      memory_kind (the report adds gflop_per_s and the ratios).
     """
     import keras
     import tensorflow as tf
@@ -291,8 +322,7 @@ def measure(kind, jit, config):
             segmenter = models.build_segmenter(config["backbone"], config["num_classes"], True,
                                                "reference")
             size = config["eval_size"]
-            images = tf.constant(np.random.default_rng(config["seed"]).uniform(
-                -120.0, 135.0, (config["batch_size"], *size, 3)), tf.float32)
+            images = tf.constant(random_eval_images(config))
 
             # The evaluation path: main logits upsampled (align_corners) to the
             # input size, then the argmax.
@@ -317,26 +347,80 @@ def measure(kind, jit, config):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     peak, memory_kind = _peak_memory(on_gpu)
-    seconds = float(np.mean(times))
-    return {"seconds": seconds, "seconds_min": float(np.min(times)),
+    return {"seconds": float(np.mean(times)), "seconds_min": float(np.min(times)),
             "seconds_all": [float(t) for t in times], "first_call_seconds": float(first),
-            "jit_applied": jit_applied, "gflop": gflop, "gflop_per_s": gflop / seconds,
+            "jit_applied": jit_applied, "gflop": gflop,
             "peak_memory_bytes": peak, "memory_kind": memory_kind}
 
 
-def _measure_isolated(kind, jit):
-    """Runs `measure` in a fresh subprocess with the same flags.
+def measure_pytorch(kind, config):
+    """Times the official code's iteration or inference in PyTorch, in this process.
+
+    The network, discriminators, optimisers and iterations of
+    tools/pytorch_reference.py on the inputs ours gets (transposed to NCHW);
+    a mixed policy becomes `torch.autocast` with its compute dtype.
+
+    Args:
+      kind: a method name or "inference".
+      config: `_config()`.
+
+    Returns:
+      `measure`'s dict without the GFLOP figures (the networks are the same:
+      the parent takes ours), plus torch_version and torch_threads.
+    """
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import pytorch_reference
+    import torch
+
+    if config["backbone"] not in pytorch_reference.BACKBONES:
+        raise ValueError(f"no PyTorch counterpart for backbone {config['backbone']!r}")
+    autocast = {"float32": None, "mixed_bfloat16": torch.bfloat16,
+                "mixed_float16": torch.float16}[config["mixed_precision"]]
+    torch.manual_seed(config["seed"])
+    model = pytorch_reference.build_resnet(config["backbone"], config["num_classes"])
+
+    def nchw(array):
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+
+    if kind == INFERENCE:
+        images = nchw(random_eval_images(config))
+        call = lambda: pytorch_reference.inference(model, images, autocast)  # noqa: E731
+    else:
+        arrays = random_arrays(config)
+        trainer = pytorch_reference.ReferenceTrainer(kind, model, config["num_classes"],
+                                                     autocast)
+        source, target = nchw(arrays["source_image"]), nchw(arrays["target_image"])
+        labels = torch.from_numpy(arrays["source_label"])
+        call = lambda: trainer.step(source, labels, target)  # noqa: E731
+
+    def run():
+        start = time.perf_counter()
+        call()  # Synchronous on CPU: losses are fetched with .item(), maps are returned.
+        return time.perf_counter() - start
+
+    warm = [run() for _ in range(config["warmup"])]
+    times = [run() for _ in range(config["iterations"])]
+    peak, memory_kind = _peak_memory(False)
+    return {"seconds": float(np.mean(times)), "seconds_min": float(np.min(times)),
+            "seconds_all": [float(t) for t in times],
+            "first_call_seconds": float(warm[0] if warm else times[0]), "jit_applied": False,
+            "peak_memory_bytes": peak, "memory_kind": memory_kind,
+            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def _measure_isolated(kind, jit, implementation):
+    """Runs `measure` (or `measure_pytorch`) in a fresh subprocess with the same flags.
 
     Returns:
       The measurement dict, or {"error": first line of the failure}.
     """
     import tempfile
 
+    spec = f"{kind},{'on' if jit else 'off'}" + (",pytorch" if implementation == PYTORCH else "")
     with tempfile.TemporaryDirectory() as scratch:
         result_file = os.path.join(scratch, "result.json")
         command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:],
-                   f"--measure={kind},{'on' if jit else 'off'}", f"--result_file={result_file}",
-                   "--output_json="]
+                   f"--measure={spec}", f"--result_file={result_file}", "--output_json="]
         try:
             process = subprocess.run(command, capture_output=True, text=True,
                                      timeout=_TIMEOUT.value)
@@ -351,6 +435,31 @@ def _measure_isolated(kind, jit):
         return {"error": f"exit status {process.returncode}: {cause.strip()}"}
 
 
+def _measure_in_process(kind, jit, implementation):
+    """`measure` or `measure_pytorch` here; an exception becomes the row's error."""
+    try:
+        if implementation == PYTORCH:
+            return measure_pytorch(kind, _config())
+        return measure(kind, jit, _config())
+    except Exception as e:  # One failing configuration must not stop the others.
+        traceback.print_exc()
+        return {"error": _error_line(e)}
+
+
+def _pool_rounds(results):
+    """One result from the rounds of a measurement: timed calls pooled, first round's 1st call."""
+    good = [r for r in results if "error" not in r]
+    if not good:
+        return results[0]
+    times = [t for r in good for t in r["seconds_all"]]
+    pooled = {**good[0], "seconds": float(np.mean(times)), "seconds_min": float(np.min(times)),
+              "seconds_all": times, "rounds": len(good),
+              "peak_memory_bytes": max(r["peak_memory_bytes"] for r in good)}
+    if len(good) < len(results):
+        pooled["failed_rounds"] = len(results) - len(good)
+    return pooled
+
+
 def _error_line(exception):
     text = str(exception).strip().splitlines()
     return f"{type(exception).__name__}: {text[0] if text else ''}"
@@ -358,51 +467,65 @@ def _error_line(exception):
 
 def _run_child(spec):
     """--measure: one measurement in this process, written to --result_file."""
-    kind, jit = spec.split(",")
-    try:
-        result = measure(kind, jit == "on", _config())
-    except Exception as e:  # Reported as the row's error by the parent.
-        traceback.print_exc()
-        result = {"error": _error_line(e)}
+    kind, jit, *implementation = spec.split(",")
+    result = _measure_in_process(kind, jit == "on", implementation[0] if implementation else OURS)
     with open(_RESULT_FILE.value, "w", encoding="utf-8") as f:
         json.dump(result, f)
 
 
 # -- Report ------------------------------------------------------------------
-_HEADER = (f"{'measurement':<12} {'XLA':<4} {'s/call':>8} {'min':>8} {'1st call':>9} "
-           f"{'GFLOP':>8} {'GFLOP/s':>8} {'%ceil':>6} {'peak MiB':>9} {'ref s':>6} "
-           f"{'ours/ref':>8}")
+_HEADER = (f"{'measurement':<12} {'impl':<7} {'XLA':<4} {'s/call':>8} {'min':>8} "
+           f"{'1st call':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'%ceil':>6} {'peak MiB':>9} "
+           f"{'ref s':>6} {'/ref':>6} {'/torch':>7}")
+_SHORT_NAME = {OURS: "ours", PYTORCH: "pytorch"}
 
 
 def format_row(row):
     """One table line for a result row (or its error)."""
-    head = f"{row['name']:<12} {'on' if row['jit'] else 'off':<4}"
+    xla = "-" if row["implementation"] == PYTORCH else ("on" if row["jit"] else "off")
+    head = f"{row['name']:<12} {_SHORT_NAME[row['implementation']]:<7} {xla:<4}"
     if "error" in row:
         return f"{head} FAILED: {row['error']}"
 
     def optional(value, spec, width):
         return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
 
-    note = ("" if row["jit_applied"] == row["jit"]
+    note = ("" if row["implementation"] == PYTORCH or row["jit_applied"] == row["jit"]
             else f"  (Keras applied jit_compile={row['jit_applied']})")
     return (f"{head} {row['seconds']:>8.3f} {row['seconds_min']:>8.3f} "
-            f"{row['first_call_seconds']:>9.2f} {row['gflop']:>8.1f} {row['gflop_per_s']:>8.1f} "
+            f"{row['first_call_seconds']:>9.2f} {optional(row.get('gflop'), '.1f', 8)} "
+            f"{optional(row.get('gflop_per_s'), '.1f', 8)} "
             f"{optional(row.get('percent_of_ceiling'), '.1f', 6)} "
             f"{row['peak_memory_bytes'] / 2**20:>9.0f} "
             f"{optional(row.get('reference_seconds'), '.2f', 6)} "
-            f"{optional(row.get('ratio_to_reference'), '.2f', 8)}{note}")
+            f"{optional(row.get('ratio_to_reference'), '.2f', 6)} "
+            f"{optional(row.get('ratio_to_pytorch'), '.2f', 7)}{note}")
 
 
-def _annotate(row, config, on_gpu):
-    """Adds the reference time, ours/reference ratio and % of the CPU ceiling."""
+def _annotate(row, config, on_gpu, gflop=None, pytorch_row=None):
+    """Adds GFLOP/s, % of the CPU ceiling, and the ratios to the reference and to PyTorch.
+
+    Args:
+      row: a result row.
+      config: `_config()`.
+      on_gpu: whether TensorFlow sees a GPU (no CPU ceiling then).
+      gflop: for a PyTorch row, the GFLOP of our row of the same measurement.
+      pytorch_row: for our row, the PyTorch row of the same measurement, if any.
+    """
     if "error" in row:
         return row
+    if gflop is not None:
+        row["gflop"] = gflop
+    if "gflop" in row:
+        row["gflop_per_s"] = row["gflop"] / row["seconds"]
+        ceiling = None if on_gpu else CPU_CEILING_GFLOPS.get(config["mixed_precision"])
+        if ceiling:
+            row["percent_of_ceiling"] = 100.0 * row["gflop_per_s"] / ceiling
     if _matches_reference(config):
         row["reference_seconds"] = REFERENCE_SECONDS[row["name"]]
         row["ratio_to_reference"] = row["seconds"] / row["reference_seconds"]
-    ceiling = None if on_gpu else CPU_CEILING_GFLOPS.get(config["mixed_precision"])
-    if ceiling:
-        row["percent_of_ceiling"] = 100.0 * row["gflop_per_s"] / ceiling
+    if pytorch_row is not None and "error" not in pytorch_row:
+        row["ratio_to_pytorch"] = row["seconds"] / pytorch_row["seconds"]
     return row
 
 
@@ -430,6 +553,7 @@ def run_benchmark():
     device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
               if gpus else f"CPU ({os.cpu_count()} cores)")
     report = {"config": {**config, "jit": _JIT.value, "isolate": _ISOLATE.value,
+                         "pytorch": _PYTORCH.value, "rounds": _ROUNDS.value,
                          "device": device, "tensorflow": tf.__version__,
                          "keras": keras.__version__},
               "reference_seconds": REFERENCE_SECONDS if _matches_reference(config) else None,
@@ -444,22 +568,43 @@ def run_benchmark():
           f"TF {tf.__version__} / Keras {keras.__version__}, warmup {config['warmup']}, "
           f"{config['iterations']} timed calls", flush=True)
     print(_HEADER, flush=True)
+    if _PYTORCH.value and gpus:
+        raise app.UsageError("--pytorch compares on the CPU only; hide the GPUs "
+                             "(CUDA_VISIBLE_DEVICES=) to run it")
+    pytorch_rows = {}
+
+    def emit(row):
+        report["results"].append(row)
+        print(format_row(row), flush=True)
+        if _OUTPUT_JSON.value:
+            _write_json(_OUTPUT_JSON.value, report)
+
+    def measure_one(kind, jit, implementation):
+        if _ISOLATE.value:
+            return _measure_isolated(kind, jit, implementation)
+        result = _measure_in_process(kind, jit, implementation)
+        keras.backend.clear_session()
+        gc.collect()
+        return result
+
     for jit in jits:
         for kind in kinds:
-            if _ISOLATE.value:
-                result = _measure_isolated(kind, jit)
-            else:
-                try:
-                    result = measure(kind, jit, config)
-                except Exception as e:  # One failing configuration must not stop the others.
-                    result = {"error": _error_line(e)}
-                keras.backend.clear_session()
-                gc.collect()
-            row = _annotate({"name": kind, "jit": jit, **result}, config, bool(gpus))
-            report["results"].append(row)
-            print(format_row(row), flush=True)
-            if _OUTPUT_JSON.value:
-                _write_json(_OUTPUT_JSON.value, report)
+            # PyTorch has no XLA switch: timed once per measurement, next to our
+            # first pass, alternating round by round so both see the same load.
+            with_pytorch = _PYTORCH.value and kind not in pytorch_rows
+            ours, theirs = [], []
+            for _ in range(_ROUNDS.value):
+                ours.append(measure_one(kind, jit, OURS))
+                if with_pytorch:
+                    theirs.append(measure_one(kind, False, PYTORCH))
+            row = {"name": kind, "implementation": OURS, "jit": jit, **_pool_rounds(ours)}
+            if with_pytorch:
+                pytorch_rows[kind] = _annotate(
+                    {"name": kind, "implementation": PYTORCH, "jit": False,
+                     **_pool_rounds(theirs)}, config, bool(gpus), gflop=row.get("gflop"))
+            emit(_annotate(row, config, bool(gpus), pytorch_row=pytorch_rows.get(kind)))
+            if with_pytorch:
+                emit(pytorch_rows[kind])
     memory = ("peak memory: GPU:0 allocator peak per measurement" if gpus else
               "peak memory: process RSS peak (TF runtime included"
               + (", per measurement subprocess)" if _ISOLATE.value
@@ -468,7 +613,9 @@ def run_benchmark():
           f"{memory}; %ceil: of "
           + ("the accelerator's peak: not tabulated" if gpus else
              "the 2-core CPU's 223 (float32) / 396 (bfloat16) GFLOP/s")
-          + "; ref: official PyTorch code, torch 2.13 CPU, 2 threads.", flush=True)
+          + "; ref: the official PyTorch code as measured once on the development machine "
+          "(float32, torch 2.13 CPU, 2 threads); /torch: ours over the PyTorch row of this "
+          "run.", flush=True)
     return report
 
 
