@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advent_tf.models.layers import TapSumConv2D
+from advent_tf.models import layers as layers_lib
+from advent_tf.models.layers import PointwiseConv2D, TapSumConv2D
 
 
 def _pair(rate, filters=5, seed=0):
@@ -76,3 +77,79 @@ def test_tap_sum_config_round_trip():
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(clone) is TapSumConv2D
     assert tuple(clone.dilation_rate) == (12, 12) and clone.name == "layer6_x"
+
+
+def _conv_and_gradients(conv_fn, x, kernel):
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        y = conv_fn(x, kernel)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.sin(tf.cast(y, tf.float32)))
+    return (y, *tape.gradient(loss, [x, kernel]))
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 9, 6), (2, 5, 3, 16)])
+def test_matmul_gradient_pointwise_conv_equals_the_convolution(shape):
+    # The half-precision path's custom gradient, checked exactly in float32.
+    rng = np.random.default_rng(shape[-1])
+    x = tf.constant(rng.normal(size=shape), tf.float32)
+    kernel = tf.constant(rng.normal(size=(1, 1, shape[-1], 5)), tf.float32)
+    got = _conv_and_gradients(layers_lib._matmul_grad_pointwise_conv, x, kernel)
+    want = _conv_and_gradients(
+        lambda a, k: tf.nn.conv2d(a, k, strides=1, padding="VALID"), x, kernel)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w.numpy()).max())
+
+
+def test_pointwise_conv_layer_under_bfloat16_matches_float32_conv():
+    shape = (1, 9, 11, 32)
+    x = tf.constant(np.random.default_rng(3).normal(size=shape), tf.float32)
+    init = dict(filters=8, kernel_size=1, use_bias=False,
+                kernel_initializer=keras.initializers.RandomNormal(0, 0.1, seed=0))
+    conv = keras.layers.Conv2D(**init)
+    conv.build(shape)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = PointwiseConv2D(**init)
+        mixed.build(shape)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed.set_weights(conv.get_weights())
+    results = []
+    for layer in (mixed, conv):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+        results.append((y, *tape.gradient(loss, [x, layer.kernel])))
+    assert results[0][0].dtype == tf.bfloat16
+    assert results[0][2].dtype == tf.float32  # The variable's gradient.
+    for got, want in zip(*results):
+        # bfloat16 rounding of inputs, weights and outputs (8-bit mantissa).
+        np.testing.assert_allclose(tf.cast(got, tf.float32), want, rtol=0,
+                                   atol=3e-2 * np.abs(want.numpy()).max())
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3), dict(kernel_size=1, strides=2), dict(kernel_size=1, dilation_rate=2),
+    dict(kernel_size=1, data_format="channels_first"),
+])
+def test_pointwise_conv_rejects_what_it_does_not_compute(kwargs):
+    with pytest.raises(ValueError, match="PointwiseConv2D supports"):
+        PointwiseConv2D(4, name="layer1_0_conv1", **kwargs)
+
+
+def test_pointwise_conv_config_round_trip_and_resnet_use():
+    layer = PointwiseConv2D(3, 1, use_bias=False, name="layer1_0_conv3")
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(clone) is PointwiseConv2D and clone.name == "layer1_0_conv3"
+    from advent_tf.models import build_segmenter
+
+    model = build_segmenter("resnet_tiny", num_classes=3)
+    kinds = {layer.name: type(layer) for layer in model.layers}
+    # Stride-1 1x1 convs only: not the strided layer2 entry, not the 3x3s.
+    assert kinds["layer1_0_conv1"] is PointwiseConv2D
+    assert kinds["layer3_0_downsample_0"] is PointwiseConv2D
+    assert kinds["layer2_0_conv1"] is keras.layers.Conv2D
+    assert kinds["layer2_0_downsample_0"] is keras.layers.Conv2D
+    assert kinds["layer3_0_conv2"] is keras.layers.Conv2D

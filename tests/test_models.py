@@ -203,6 +203,22 @@ def test_bn_computes_in_float32_under_mixed_precision():
     assert np.all(np.isfinite(layer.moving_variance.numpy()))
 
 
+def test_bn_statistics_accumulate_in_float32_under_bfloat16():
+    layer = BatchNorm("reference", dtype="mixed_bfloat16")
+    rng = np.random.default_rng(0)
+    x = tf.cast(rng.normal(3.0, 2.0, (2, 64, 64, 4)), tf.bfloat16)
+    out = layer(x, training=True)
+    assert out.dtype == tf.bfloat16
+    exact = x.numpy().astype(np.float64).reshape(-1, 4)
+    # A bfloat16 running sum over 8192 values would be off by ~1e-2.
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * exact.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(),
+                               0.9 + 0.1 * exact.var(0, ddof=1), rtol=1e-5)
+    normalised = (exact - exact.mean(0)) / np.sqrt(exact.var(0) + 1e-5)
+    np.testing.assert_allclose(out.numpy().astype(np.float64).reshape(-1, 4), normalised,
+                               atol=2e-2)
+
+
 def test_model_bn_modes(tiny_image):
     frozen = build_segmenter("resnet_tiny", num_classes=3, bn_mode="frozen")
     before = [w.numpy().copy() for w in frozen.weights]
