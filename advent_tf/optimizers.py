@@ -117,3 +117,49 @@ class TorchSGD(keras.optimizers.Optimizer):
             "weight_decay": self.coupled_weight_decay,
         })
         return config
+
+
+@keras.saving.register_keras_serializable(package="advent_tf")
+class TorchAdam(keras.optimizers.Adam):
+    """Adam with PyTorch's epsilon placement, as `torch.optim.Adam` (the discriminators').
+
+    Keras folds the bias corrections into the step size,
+    ``w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``, which
+    amounts to an epsilon of ``eps / sqrt(1 - b2^t)`` in PyTorch's form
+    (10x larger at the first step with beta_2 = 0.99). PyTorch corrects v
+    first and then adds epsilon:
+
+        m <- m + (1 - b1) * (g - m);  v <- b2 * v + (1 - b2) * g^2
+        w <- w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    The discriminators' small gradients make the difference visible after
+    one step (tests/test_reference_iteration.py). Same slots as Keras' Adam,
+    so checkpoints of either restore into the other.
+
+    Args:
+      learning_rate, beta_1, beta_2, epsilon, name, **kwargs: as
+        `keras.optimizers.Adam`; ``amsgrad`` is not supported.
+    """
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 name="torch_adam", **kwargs):
+        if kwargs.get("amsgrad"):
+            raise ValueError("TorchAdam does not implement amsgrad.")
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, name=name, **kwargs)
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        lr = tf.cast(learning_rate, dtype)
+        gradient = tf.cast(gradient, dtype)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1 = tf.cast(self.beta_1, dtype)
+        beta_2 = tf.cast(self.beta_2, dtype)
+        index = self._get_variable_index(variable)
+        m = self._momentums[index]
+        v = self._velocities[index]
+        self.assign_add(m, (gradient - m) * (1 - beta_1))
+        self.assign(v, v * beta_2 + (1 - beta_2) * gradient * gradient)
+        denom = (tf.sqrt(tf.convert_to_tensor(v)) / tf.sqrt(1 - tf.pow(beta_2, step))
+                 + tf.cast(self.epsilon, dtype))
+        self.assign_sub(variable, lr / (1 - tf.pow(beta_1, step)) * m / denom)

@@ -85,10 +85,17 @@ _STEPS = flags.DEFINE_integer("num_steps", 120000, "Training stops here (referen
                               lower_bound=1)
 _HEAD_MULT = flags.DEFINE_float("head_lr_multiplier", 10.0, "LR multiplier of the ASPP heads.",
                                 lower_bound=0.0)
-_REPEATS = flags.DEFINE_integer(
-    "backbone_update_repeats", 1, "Emulates the reference's duplicated backbone parameters: "
-    "3 reproduces the 3 SGD updates per step torch 0.4.1 gave each backbone tensor.",
-    lower_bound=1)
+_REPEATS = flags.DEFINE_string(
+    "backbone_update_repeats", "1",
+    "SGD updates per step of each backbone tensor. 'reference' emulates the reference's "
+    "duplicated parameter list under torch 0.4.1 exactly: each tensor updated as often as "
+    "it is listed (stem conv 1, block convs 3, projection convs 4; ResNet only); a positive "
+    "integer applies that many to every backbone tensor; 1 is current PyTorch with each "
+    "tensor listed once.")
+flags.register_validator(
+    "backbone_update_repeats",
+    lambda value: value == "reference" or (value.isdigit() and int(value) >= 1),
+    message="--backbone_update_repeats must be 'reference' or a positive integer")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Global batch (source and target each).",
                               lower_bound=1)
 
@@ -160,7 +167,11 @@ def build_method(class_prior):
     sgd = optimizers.TorchSGD(learning_rate=_poly(_LR.value), momentum=_MOMENTUM.value,
                               weight_decay=_WD.value)
     sgd.set_lr_multiplier(models.head_variables(segmenter), _HEAD_MULT.value)
-    sgd.set_update_repeats(models.backbone_variables(segmenter), _REPEATS.value)
+    if _REPEATS.value == "reference":
+        for variable, count in models.reference_update_repeats(segmenter):
+            sgd.set_update_repeats([variable], count)
+    else:
+        sgd.set_update_repeats(models.backbone_variables(segmenter), int(_REPEATS.value))
     kwargs = dict(weights=methods.LossWeights(**{k: v.value for k, v in _LAMBDAS.items()}),
                   class_prior=class_prior, prior_mu=_MU.value)
     compile_kwargs = dict(jit_compile=_JIT.value)
@@ -168,7 +179,7 @@ def build_method(class_prior):
         def discriminator_and_adam(name):
             # Reference: Adam(lr 1e-4, betas (0.9, 0.99)) on the same poly schedule.
             return (models.build_discriminator(_NUM_CLASSES.value, name=name),
-                    _maybe_loss_scale(keras.optimizers.Adam(_poly(_LR_D.value), beta_1=0.9,
+                    _maybe_loss_scale(optimizers.TorchAdam(_poly(_LR_D.value), beta_1=0.9,
                                                             beta_2=0.99, epsilon=1e-8)))
         d_main, adam_main = discriminator_and_adam("discriminator_main")
         d_aux, adam_aux = (discriminator_and_adam("discriminator_aux") if _MULTI_LEVEL.value
@@ -215,6 +226,9 @@ def run():
         demo.ensure_demo_data(_DEMO_DIR.value)
     if _METHOD.value != "minent" and _TOP_FRACTION.value is not None:
         raise app.UsageError("--entropy_top_fraction (ER) applies to --method=minent only")
+    if _REPEATS.value == "reference" and not _BACKBONE.value.startswith("resnet"):
+        raise app.UsageError("--backbone_update_repeats=reference: the reference code has no "
+                             f"{_BACKBONE.value} (its parameter listing is the ResNet's)")
     _validate_data()
     class_prior = load_class_prior(_PRIOR.value, _NUM_CLASSES.value) if _PRIOR.value else None
     source_size = cli.parse_size(_SOURCE_SIZE.value, "source_size")

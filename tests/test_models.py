@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from advent_tf import models as models_lib
 from advent_tf.models import (
     BatchNorm,
     backbone_variables,
@@ -314,6 +315,29 @@ def test_resnet_tiny_matches_pytorch_reference_by_layer_name(tiny_image):
         np.testing.assert_allclose(
             layer.moving_variance.numpy(), net.state_dict()[f"{key}.running_var"],
             rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["resnet_tiny", "resnet50"])
+def test_reference_update_repeats_follow_the_reference_parameter_listing(backbone):
+    """Counts each tensor in the restated reference's `get_1x_lr_params_no_scale` listing."""
+    pytest.importorskip("torch")
+    import collections
+
+    import pytorch_reference
+
+    net = pytorch_reference.build_resnet(backbone, num_classes=3)
+    names = {id(p): name for name, p in net.named_parameters()}
+    listed = collections.Counter(
+        names[id(p)] for p in net.optim_parameters(1.0)[0]["params"])
+    model = build_segmenter(backbone, num_classes=3)
+    ours = {v.path.split("/")[0].replace("_", ".") + ".weight": count
+            for v, count in models_lib.reference_update_repeats(model)}
+    assert ours == dict(listed)
+    assert set(collections.Counter(listed.values())) == {1, 3, 4}
+    assert {v.path for v, _ in models_lib.reference_update_repeats(model)} == {
+        v.path for v in backbone_variables(model)}
+    with pytest.raises(ValueError, match="ResNet backbones only"):
+        models_lib.reference_update_repeats(build_segmenter("vgg16", 3, multi_level=False))
 
 
 def test_moving_stats_average_across_replicas():

@@ -36,7 +36,9 @@ def _segmenter_weights(path, multi_level=True):
 
 
 CASES = {
-    "source_only": (dict(method="source_only"), ["loss_seg_main", "loss_seg_aux"]),
+    # Also the reference's per-tensor update counts (the duplicated-parameter quirk).
+    "source_only": (dict(method="source_only", backbone_update_repeats="reference"),
+                    ["loss_seg_main", "loss_seg_aux"]),
     "minent_er": (dict(method="minent", entropy_top_fraction=0.3), ["loss_ent_main"]),
     "minent_cp": (dict(method="minent", class_prior="PRIOR"), ["loss_ent_main", "loss_cp"]),
     "advent": (dict(method="advent"), ["loss_adv_main", "loss_adv_aux", "loss_d_main",
@@ -100,6 +102,9 @@ def test_tensorboard_has_scalars_images_flags_and_periodic_eval(patterns, tmp_pa
     (dict(method="advent", entropy_top_fraction=0.3), "applies to --method=minent only"),
     (dict(source_size="64"), "--source_size must be WIDTH,HEIGHT"),
     (dict(learning_rate=-1), "learning_rate"),
+    (dict(backbone_update_repeats=0), "must be 'reference' or a positive integer"),
+    (dict(backbone="vgg16", backbone_update_repeats="reference"),
+     "the reference code has no vgg16"),
 ])
 def test_bad_flags_fail_before_training(overrides, message, patterns, tmp_path):
     train_dir = str(tmp_path / "run")

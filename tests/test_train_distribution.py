@@ -14,6 +14,9 @@ def test_mirrored_two_replicas_match_one_device():
     assert result.returncode == 0, result.stderr[-3000:]
     differences = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(differences) == {"source_only", "minent", "advent"}
-    for method, difference in differences.items():
+    for method, (relative, discriminator_steps) in differences.items():
         # float32 sums in a different order: agreement to round-off, not exact.
-        assert difference < 1e-4, (method, difference)
+        assert relative < 1e-4, (method, relative)
+        # Discriminators: within 5% of one Adam step (round-off on near-zero
+        # gradients, amplified by Adam's normalisation).
+        assert discriminator_steps < 0.05, (method, discriminator_steps)

@@ -175,7 +175,7 @@ def build_method(name, config, jit_compile):
     if name == "advent":
         def discriminator_and_adam(d_name):
             return (models.build_discriminator(config["num_classes"], name=d_name),
-                    scaled(keras.optimizers.Adam(poly(1e-4), beta_1=0.9, beta_2=0.99,
+                    scaled(optimizers.TorchAdam(poly(1e-4), beta_1=0.9, beta_2=0.99,
                                                  epsilon=1e-8)))
         d_main, adam_main = discriminator_and_adam("discriminator_main")
         d_aux, adam_aux = discriminator_and_adam("discriminator_aux")

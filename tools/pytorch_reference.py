@@ -141,9 +141,12 @@ class ResNetMulti(nn.Module):
             return self.layer5(x3), main
         return main
 
-    def optim_parameters(self, lr):
-        """The reference's two SGD groups, duplicates included (see below)."""
-        return [{"params": self._backbone_parameters_as_listed(), "lr": lr},
+    def optim_parameters(self, lr, deduplicate=False):
+        """The reference's two SGD groups, duplicates included unless ``deduplicate``."""
+        backbone = self._backbone_parameters_as_listed()
+        if deduplicate:
+            backbone = list({id(p): p for p in backbone}.values())
+        return [{"params": backbone, "lr": lr},
                 {"params": self._head_parameters(), "lr": 10 * lr}]
 
     def _backbone_parameters_as_listed(self):
@@ -260,6 +263,12 @@ class ReferenceTrainer:
       autocast_dtype: None, or a torch dtype to run the passes under
         `torch.autocast("cpu", ...)` (the counterpart of a Keras mixed policy).
       discriminators: Optional ``(d_main, d_aux)``; new ones by default.
+      deduplicate: List each backbone tensor once in the SGD group. The
+        reference lists them 3-4 times, and current PyTorch, like 0.4.1,
+        then applies one update per listed copy (each from a fresh momentum
+        buffer on the first step): not what our default `TorchSGD` does.
+      **overrides: New values for the upper-case hyper-parameters below
+        (e.g. ``LEARNING_RATE=0.01``), for tests that need larger steps.
     """
 
     LEARNING_RATE = 2.5e-4
@@ -270,9 +279,14 @@ class ReferenceTrainer:
     LAMBDA_ENT_MAIN, LAMBDA_ENT_AUX = 0.001, 0.0002
     LAMBDA_ADV_MAIN, LAMBDA_ADV_AUX = 0.001, 0.0002
 
-    def __init__(self, method, model, num_classes, autocast_dtype=None, discriminators=None):
+    def __init__(self, method, model, num_classes, autocast_dtype=None, discriminators=None,
+                 deduplicate=False, **overrides):
         if method not in ("source_only", "minent", "advent"):
             raise ValueError(f"unknown method {method!r}")
+        for name, value in overrides.items():
+            if not name.isupper() or not hasattr(self, name):
+                raise ValueError(f"unknown hyper-parameter {name!r}")
+            setattr(self, name, value)
         self.method = method
         self.model = model
         self.autocast_dtype = autocast_dtype
@@ -280,7 +294,7 @@ class ReferenceTrainer:
             # The duplicated backbone parameters (the reference's quirk).
             warnings.simplefilter("ignore", UserWarning)
             self.optimizer = torch.optim.SGD(
-                model.optim_parameters(self.LEARNING_RATE), lr=self.LEARNING_RATE,
+                model.optim_parameters(self.LEARNING_RATE, deduplicate), lr=self.LEARNING_RATE,
                 momentum=0.9, weight_decay=5e-4)
         self.d_main = self.d_aux = None
         if method == "advent":

@@ -6,6 +6,7 @@ from advent_tf.models.builder import (
     backbone_variables,
     build_segmenter,
     head_variables,
+    reference_update_repeats,
     split_outputs,
 )
 from advent_tf.models.discriminator import (
@@ -21,5 +22,6 @@ __all__ = [
     "build_segmenter",
     "head_variables",
     "load_pytorch_discriminator_weights",
+    "reference_update_repeats",
     "split_outputs",
 ]

@@ -1,6 +1,7 @@
 """One entry point for the segmentation networks, and their variable groups."""
 
 import numbers
+import re
 
 from advent_tf.models.batch_norm import BN_MODES
 from advent_tf.models.resnet import RESNET_BLOCKS, build_resnet
@@ -79,3 +80,41 @@ def backbone_variables(model):
     """Trainable variables outside the classifier(s), at the base LR."""
     head_ids = {id(v) for v in head_variables(model)}
     return [v for v in model.trainable_variables if id(v) not in head_ids]
+
+
+def reference_update_repeats(model):
+    """How often the reference lists each backbone variable in its SGD parameter group.
+
+    The reference's ``get_1x_lr_params_no_scale`` walks ``modules()`` of
+    conv1, bn1 and each stage and yields the trainable parameters of every
+    module it meets, recursively, so each tensor is listed once per
+    enclosing module: the stem conv once, a block's convs 3 times (stage,
+    block, conv), a projection conv 4 times (stage, block, downsample
+    Sequential, conv). Under torch 0.4.1 every listed copy applied an update
+    (`optimizers.TorchSGD.set_update_repeats` emulates that).
+
+    Args:
+      model: a ResNet segmenter of `build_segmenter` (the reference has no VGG).
+
+    Returns:
+      A list of (variable, count) covering `backbone_variables(model)`.
+
+    Raises:
+      ValueError: A backbone layer the reference's ResNet does not have.
+    """
+    counts = []
+    for layer in model.layers:
+        if _is_head_layer(layer) or not layer.trainable_variables:
+            continue
+        if layer.name == "conv1":
+            count = 1
+        elif re.fullmatch(r"layer[1-4]_\d+_downsample_0", layer.name):
+            count = 4
+        elif re.fullmatch(r"layer[1-4]_\d+_conv[123]", layer.name):
+            count = 3
+        else:
+            raise ValueError(f"{model.name}: the reference lists no parameters of layer "
+                             f"{layer.name!r} (its parameter listing exists for the ResNet "
+                             "backbones only)")
+        counts += [(variable, count) for variable in layer.trainable_variables]
+    return counts
