@@ -18,6 +18,16 @@ def _pair(rate, filters=5, seed=0):
     return TapSumConv2D(**kwargs), keras.layers.Conv2D(**kwargs)
 
 
+def _output_and_gradients(fn, x, sources):
+    """``(fn(x), d/dx, d/dsource...)`` of a non-linear scalar of ``fn(x)`` (summed in float32)."""
+    with tf.GradientTape() as tape:
+        tape.watch([x] + [s for s in sources if isinstance(s, tf.Tensor)])
+        y = fn(x)
+        y32 = tf.cast(y, tf.float32)
+        loss = tf.reduce_sum(y32 * tf.sin(y32))
+    return (y, *tape.gradient(loss, [x, *sources]))
+
+
 @pytest.mark.parametrize("rate", [1, 2, 6, 24])
 @pytest.mark.parametrize("shape", [(2, 9, 9, 7), (1, 5, 13, 3), (1, 33, 65, 4)])
 def test_tap_sum_equals_dilated_convolution_and_its_gradients(rate, shape):
@@ -28,13 +38,8 @@ def test_tap_sum_equals_dilated_convolution_and_its_gradients(rate, shape):
     taps.build(shape)
     conv.build(shape)
     conv.set_weights(taps.get_weights())
-    grads = []
-    for layer in (taps, conv):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * tf.sin(y))
-        grads.append((y, *tape.gradient(loss, [x, layer.kernel, layer.bias])))
+    grads = [_output_and_gradients(layer, x, [layer.kernel, layer.bias])
+             for layer in (taps, conv)]
     for got, want in zip(*grads):
         np.testing.assert_allclose(got, want, rtol=1e-5,
                                    atol=1e-5 * np.abs(want.numpy()).max())
@@ -79,23 +84,16 @@ def test_tap_sum_config_round_trip():
     assert tuple(clone.dilation_rate) == (12, 12) and clone.name == "layer6_x"
 
 
-def _conv_and_gradients(conv_fn, x, kernel):
-    with tf.GradientTape() as tape:
-        tape.watch([x, kernel])
-        y = conv_fn(x, kernel)
-        loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.sin(tf.cast(y, tf.float32)))
-    return (y, *tape.gradient(loss, [x, kernel]))
-
-
 @pytest.mark.parametrize("shape", [(1, 7, 9, 6), (2, 5, 3, 16)])
 def test_matmul_gradient_pointwise_conv_equals_the_convolution(shape):
     # The half-precision path's custom gradient, checked exactly in float32.
     rng = np.random.default_rng(shape[-1])
     x = tf.constant(rng.normal(size=shape), tf.float32)
     kernel = tf.constant(rng.normal(size=(1, 1, shape[-1], 5)), tf.float32)
-    got = _conv_and_gradients(layers_lib._matmul_grad_pointwise_conv, x, kernel)
-    want = _conv_and_gradients(
-        lambda a, k: tf.nn.conv2d(a, k, strides=1, padding="VALID"), x, kernel)
+    got = _output_and_gradients(
+        lambda a: layers_lib._matmul_grad_pointwise_conv(a, kernel), x, [kernel])
+    want = _output_and_gradients(
+        lambda a: tf.nn.conv2d(a, kernel, strides=1, padding="VALID"), x, [kernel])
     for g, w in zip(got, want):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w.numpy()).max())
@@ -115,13 +113,7 @@ def test_pointwise_conv_layer_under_bfloat16_matches_float32_conv():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     mixed.set_weights(conv.get_weights())
-    results = []
-    for layer in (mixed, conv):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
-        results.append((y, *tape.gradient(loss, [x, layer.kernel])))
+    results = [_output_and_gradients(layer, x, [layer.kernel]) for layer in (mixed, conv)]
     assert results[0][0].dtype == tf.bfloat16
     assert results[0][2].dtype == tf.float32  # The variable's gradient.
     for got, want in zip(*results):

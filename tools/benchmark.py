@@ -271,24 +271,29 @@ def _peak_memory(on_gpu):
 
 
 def _time_calls(call, warmup, iterations):
-    """Runs `call` warmup + iterations times, fetching its outputs to the host each time.
+    """Runs `call` warmup + iterations times; `call` must return once its work is done.
 
     Returns:
-      (seconds of the first call, list of timed seconds).
+      The timing fields of a measurement: seconds (mean of the timed calls),
+      seconds_min, seconds_all and first_call_seconds.
     """
-    import tensorflow as tf
-
     def run():
         start = time.perf_counter()
-        tf.nest.map_structure(lambda t: t.numpy(), call())
+        call()
         return time.perf_counter() - start
 
-    first = None
-    for _ in range(warmup):
-        elapsed = run()
-        first = elapsed if first is None else first
+    warm = [run() for _ in range(warmup)]
     times = [run() for _ in range(iterations)]
-    return (times[0] if first is None else first), times
+    return {"seconds": float(np.mean(times)), "seconds_min": float(np.min(times)),
+            "seconds_all": [float(t) for t in times],
+            "first_call_seconds": float(warm[0] if warm else times[0])}
+
+
+def _fetched(call):
+    """`call` followed by copying its TensorFlow outputs to the host (which waits for them)."""
+    import tensorflow as tf
+
+    return lambda: tf.nest.map_structure(lambda t: t.numpy(), call())
 
 
 def measure(kind, jit, config):
@@ -331,8 +336,8 @@ def measure(kind, jit, config):
                 logits = evaluation.ensemble_logits([(segmenter, 1.0)], x, tf.shape(x)[1:3])
                 return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
-            first, times = _time_calls(lambda: infer(images), config["warmup"],
-                                       config["iterations"])
+            timing = _time_calls(_fetched(lambda: infer(images)), config["warmup"],
+                                 config["iterations"])
             jit_applied = jit
             gflop = conv_gflop(segmenter, [config["batch_size"], *size, 3])
         else:
@@ -341,15 +346,13 @@ def measure(kind, jit, config):
             jit_applied = bool(method.jit_compile)
             iterator = iter(tf.data.Dataset.from_tensors(random_batch(config)).repeat())
             method.make_train_function()
-            first, times = _time_calls(lambda: method.train_function(iterator),
-                                       config["warmup"], config["iterations"])
+            timing = _time_calls(_fetched(lambda: method.train_function(iterator)),
+                                 config["warmup"], config["iterations"])
             gflop = iteration_gflop(method, kind, config)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     peak, memory_kind = _peak_memory(on_gpu)
-    return {"seconds": float(np.mean(times)), "seconds_min": float(np.min(times)),
-            "seconds_all": [float(t) for t in times], "first_call_seconds": float(first),
-            "jit_applied": jit_applied, "gflop": gflop,
+    return {**timing, "jit_applied": jit_applied, "gflop": gflop,
             "peak_memory_bytes": peak, "memory_kind": memory_kind}
 
 
@@ -393,18 +396,10 @@ def measure_pytorch(kind, config):
         labels = torch.from_numpy(arrays["source_label"])
         call = lambda: trainer.step(source, labels, target)  # noqa: E731
 
-    def run():
-        start = time.perf_counter()
-        call()  # Synchronous on CPU: losses are fetched with .item(), maps are returned.
-        return time.perf_counter() - start
-
-    warm = [run() for _ in range(config["warmup"])]
-    times = [run() for _ in range(config["iterations"])]
+    # Synchronous on CPU: losses are fetched with .item(), maps are returned.
+    timing = _time_calls(call, config["warmup"], config["iterations"])
     peak, memory_kind = _peak_memory(False)
-    return {"seconds": float(np.mean(times)), "seconds_min": float(np.min(times)),
-            "seconds_all": [float(t) for t in times],
-            "first_call_seconds": float(warm[0] if warm else times[0]), "jit_applied": False,
-            "peak_memory_bytes": peak, "memory_kind": memory_kind,
+    return {**timing, "jit_applied": False, "peak_memory_bytes": peak, "memory_kind": memory_kind,
             "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 

@@ -388,19 +388,16 @@ class ReferenceTrainer:
             d.requires_grad_(True)
         losses = {"loss_adv_trg_aux": loss_adv_trg_aux.item(),
                   "loss_adv_trg_main": loss_adv_trg_main.item()}
+        # The reference's order: source aux, source main, target aux, target main.
         for domain, (aux, main), label in (
                 ("src", (pred_src_aux, pred_src_main), SOURCE_LABEL),
                 ("trg", (pred_trg_aux, pred_trg_main), TARGET_LABEL)):
-            with self._autocast():
-                d_out_aux = self.d_aux(prob_2_entropy(F.softmax(aux.detach(), dim=1)))
-                loss_d_aux = bce_loss(d_out_aux, label) / 2
-            loss_d_aux.backward()
-            with self._autocast():
-                d_out_main = self.d_main(prob_2_entropy(F.softmax(main.detach(), dim=1)))
-                loss_d_main = bce_loss(d_out_main, label) / 2
-            loss_d_main.backward()
-            losses.update({f"loss_d_{domain}_aux": loss_d_aux.item(),
-                           f"loss_d_{domain}_main": loss_d_main.item()})
+            for head, d, pred in (("aux", self.d_aux, aux), ("main", self.d_main, main)):
+                with self._autocast():
+                    d_out = d(prob_2_entropy(F.softmax(pred.detach(), dim=1)))
+                    loss_d = bce_loss(d_out, label) / 2
+                loss_d.backward()
+                losses[f"loss_d_{domain}_{head}"] = loss_d.item()
         return losses
 
 
