@@ -101,16 +101,38 @@ def _samples(image_dir, label_dir, names, label_name):
         for name in names)
 
 
+def _known_layout(dataset, what, image_dir, label_dir, pattern, label_name, read_label,
+                  label_map, labels, num_classes, list_file):
+    """A `DatasetSource` for one of the known public layouts.
+
+    Args:
+      dataset: the dataset's name.
+      what: how error messages name the dataset.
+      image_dir: the image folder.
+      label_dir: the label folder (only looked at when `labels`).
+      pattern: glob of the images under `image_dir` when there is no list file.
+      label_name: image name -> label name, both relative.
+      read_label: path -> raw label ids.
+      label_map: num_classes -> `labels.LabelMap` (raw id -> train id).
+      labels: whether the split is labelled.
+      num_classes: number of train ids.
+      list_file: optional list of image names relative to `image_dir`.
+    """
+    image_dir = _require_dir(image_dir, f"{what} images")
+    label_dir = _require_dir(label_dir, f"{what} labels") if labels else None
+    names = _image_names(image_dir, list_file, pattern)
+    return DatasetSource(
+        dataset=dataset, samples=_samples(image_dir, label_dir, names, label_name),
+        read_label=read_label, label_map=label_map(num_classes) if labels else None,
+        class_names=tuple(labels_lib.class_names(num_classes)))
+
+
 def gta5(root, labels=True, num_classes=19, list_file=None):
     """GTA5: images/ and labels/ with identical file names."""
-    image_dir = _require_dir(os.path.join(root, "images"), "GTA5 images")
-    label_dir = _require_dir(os.path.join(root, "labels"), "GTA5 labels") if labels else None
-    names = _image_names(image_dir, list_file, "*")
-    return DatasetSource(
-        dataset="gta5", samples=_samples(image_dir, label_dir, names, lambda n: n),
-        read_label=image_io.read_label_ids,
-        label_map=labels_lib.cityscapes_label_map(num_classes) if labels else None,
-        class_names=tuple(labels_lib.class_names(num_classes)))
+    return _known_layout(
+        "gta5", "GTA5", os.path.join(root, "images"), os.path.join(root, "labels"), "*",
+        lambda n: n, image_io.read_label_ids, labels_lib.cityscapes_label_map,
+        labels, num_classes, list_file)
 
 
 def _cityscapes_label_name(name):
@@ -119,30 +141,19 @@ def _cityscapes_label_name(name):
 
 def cityscapes(root, split, labels=True, num_classes=19, list_file=None):
     """Cityscapes: leftImg8bit/SPLIT/CITY images, gtFine/SPLIT/CITY label ids."""
-    image_dir = _require_dir(os.path.join(root, "leftImg8bit", split),
-                             f"Cityscapes {split} images")
-    label_dir = (_require_dir(os.path.join(root, "gtFine", split), f"Cityscapes {split} labels")
-                 if labels else None)
-    names = _image_names(image_dir, list_file, "*/*_leftImg8bit.png")
-    return DatasetSource(
-        dataset="cityscapes",
-        samples=_samples(image_dir, label_dir, names, _cityscapes_label_name),
-        read_label=image_io.read_label_ids,
-        label_map=labels_lib.cityscapes_label_map(num_classes) if labels else None,
-        class_names=tuple(labels_lib.class_names(num_classes)))
+    return _known_layout(
+        "cityscapes", f"Cityscapes {split}", os.path.join(root, "leftImg8bit", split),
+        os.path.join(root, "gtFine", split), "*/*_leftImg8bit.png", _cityscapes_label_name,
+        image_io.read_label_ids, labels_lib.cityscapes_label_map,
+        labels, num_classes, list_file)
 
 
 def synthia(root, labels=True, num_classes=19, list_file=None):
     """SYNTHIA-RAND-CITYSCAPES: RGB/ and GT/LABELS/ (16-bit, id in channel 0)."""
-    image_dir = _require_dir(os.path.join(root, "RGB"), "SYNTHIA images")
-    label_dir = (_require_dir(os.path.join(root, "GT", "LABELS"), "SYNTHIA labels")
-                 if labels else None)
-    names = _image_names(image_dir, list_file, "*")
-    return DatasetSource(
-        dataset="synthia", samples=_samples(image_dir, label_dir, names, lambda n: n),
-        read_label=image_io.read_first_channel_ids,
-        label_map=labels_lib.synthia_label_map(num_classes) if labels else None,
-        class_names=tuple(labels_lib.class_names(num_classes)))
+    return _known_layout(
+        "synthia", "SYNTHIA", os.path.join(root, "RGB"), os.path.join(root, "GT", "LABELS"), "*",
+        lambda n: n, image_io.read_first_channel_ids, labels_lib.synthia_label_map,
+        labels, num_classes, list_file)
 
 
 def folder(root, num_classes, label_map_file=None, labels=True, list_file=None,
