@@ -1,4 +1,4 @@
-"""Run by test_train_distribution.py in a subprocess: 2 logical CPUs must exist before TF starts.
+"""Run by test_train_distribution.py through two_cpus.run (2 logical CPUs must exist before TF starts).
 
 Trains each method for two steps on one fixed global batch of 2, once on one
 device and once under MirroredStrategy over 2 logical CPU devices (one image
@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import two_cpus
+
+MIRRORED = two_cpus.mirrored_strategy()
 
 import keras  # noqa: E402
 
@@ -66,10 +67,9 @@ def main():
     move by float32 noise amplified to a fraction of a step.
     """
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
-    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     result = {}
     for name in sys.argv[1:]:
-        (a, a_d), (b, b_d) = train(one, name), train(two, name)
+        (a, a_d), (b, b_d) = train(one, name), train(MIRRORED, name)
         assert len(a) == len(b) and len(a_d) == len(b_d)
         relative = max(float(np.max(np.abs(x - y)) / (np.max(np.abs(x)) + 1e-12))
                        for x, y in zip(a, b))

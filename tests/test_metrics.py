@@ -1,8 +1,5 @@
 """Tests for advent_tf.metrics against the reference's confusion matrix and IoU."""
 
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -11,6 +8,8 @@ import tensorflow as tf
 
 from advent_tf import constants
 from advent_tf import metrics
+
+import two_cpus
 
 
 def test_numpy_iou_matches_reference(ref):
@@ -68,20 +67,15 @@ def test_format_iou_table(ref):
         metrics.format_iou_table(ref["c_hist"], constants.CITYSCAPES_CLASS_NAMES[:3])
 
 
-# The subprocess imports advent_tf from the checkout, wherever pytest runs.
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 _MIRRORED_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     import tensorflow as tf
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0],
-        [tf.config.LogicalDeviceConfiguration()] * 2)
+    import two_cpus
+    strategy = two_cpus.mirrored_strategy()
     from advent_tf import metrics
 
     data = np.load(sys.argv[1])
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         metric = metrics.ConfusionMatrix(19)
     dataset = strategy.experimental_distribute_dataset(
@@ -101,10 +95,6 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 
 
 def test_confusion_matrix_under_mirrored_strategy(tmp_path, ref):
-    # Logical devices must be configured before TF initialises: fresh process.
     data = tmp_path / "hist.npz"
     np.savez(data, **{k: ref[k] for k in ("c_gt", "c_pred", "c_hist", "c_miou")})
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT, str(data)],
-                            capture_output=True, text=True, timeout=300, cwd=_REPO_ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "OK 2" in result.stdout
+    assert "OK 2" in two_cpus.run(_MIRRORED_SCRIPT, data)

@@ -4,9 +4,6 @@ The poly learning rates and the SGD trajectories come from the reference. The
 optimizer is tested here, beside the schedule it consumes.
 """
 
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -16,6 +13,8 @@ import tensorflow as tf
 
 from advent_tf import optimizers
 from advent_tf import schedules
+
+import two_cpus
 
 
 def _lrs(schedule, steps):
@@ -172,21 +171,16 @@ def test_torch_adam_restores_keras_adam_checkpoints(tmp_path):
         optimizers.TorchAdam(amsgrad=True)
 
 
-# The subprocess imports advent_tf from the checkout, wherever pytest runs.
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 _MIRRORED_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     import tensorflow as tf
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0],
-        [tf.config.LogicalDeviceConfiguration()] * 2)
+    import two_cpus
+    strategy = two_cpus.mirrored_strategy()
     import keras
     from advent_tf import optimizers
 
     data = np.load(sys.argv[1])
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         plain = keras.Variable(data["h_p0"], dtype="float64")
         repeated = keras.Variable(data["h_p0"], dtype="float64")
@@ -214,11 +208,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 
 
 def test_torch_sgd_under_mirrored_strategy(tmp_path, ref):
-    # Logical devices must be configured before TF initialises: fresh process.
     data = tmp_path / "sgd.npz"
     np.savez(data, **{k: ref[k] for k in ("h_p0", "h_grads", "h_traj_torch213_mult1",
                                           "h_traj_torch041_mult3")})
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT, str(data)],
-                            capture_output=True, text=True, timeout=300, cwd=_REPO_ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "OK 2" in result.stdout
+    assert "OK 2" in two_cpus.run(_MIRRORED_SCRIPT, data)
