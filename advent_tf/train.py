@@ -246,7 +246,10 @@ def run():
         checkpoint = checkpoints.make_checkpoint(method)
     manager = tf.train.CheckpointManager(checkpoint, checkpoints.checkpoint_dir(_TRAIN_DIR.value),
                                          max_to_keep=_KEEP.value or None)
-    checkpoints.restore_latest(checkpoint, manager)
+    try:
+        checkpoints.restore_latest(checkpoint, manager)
+    except (checkpoints.CheckpointMismatchError, checkpoints.NoReadableCheckpointError) as error:
+        raise app.UsageError(f"--train_dir={_TRAIN_DIR.value}: {error}") from error
 
     def step():
         return int(method.optimizer.iterations.numpy())

@@ -119,3 +119,40 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(patterns, tmp_path
     for name, value in _all_variables(last).items():
         if value.dtype.kind == "f":
             assert np.all(np.isfinite(value)), name
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_one_before(one_pair, tmp_path):
+    # A disk that filled up or a copy cut short can leave the newest
+    # checkpoint unreadable: the rerun sets it aside, resumes from the one
+    # before and, on one image pair under --deterministic, remakes it exactly.
+    train_dir = str(tmp_path / "run")
+    flags = dict(method="advent", num_steps=3, checkpoint_every=1, image_summary_every=0,
+                 deterministic=True)
+    first = train_helpers.run_train(train_helpers.tiny_flags(one_pair, train_dir, **flags))
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt_dir = os.path.join(train_dir, "checkpoints")
+    newest = os.path.join(ckpt_dir, "ckpt-3")
+    assert tf.train.latest_checkpoint(ckpt_dir) == newest
+    pristine = _all_variables(newest)
+    data_file = newest + ".data-00000-of-00001"
+    with open(data_file, "r+b") as f:
+        f.truncate(os.path.getsize(data_file) // 2)
+    rerun = train_helpers.run_train(train_helpers.tiny_flags(one_pair, train_dir, **flags))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"Checkpoint {newest} cannot be read" in rerun.stderr
+    assert f"Resumed from {os.path.join(ckpt_dir, 'ckpt-2')}" in rerun.stderr
+    assert sorted(os.listdir(os.path.join(ckpt_dir, "unreadable"))) == [
+        "ckpt-3.data-00000-of-00001", "ckpt-3.index"]
+    remade = _all_variables(newest)
+    assert remade.keys() == pristine.keys()
+    for name, value in pristine.items():
+        np.testing.assert_array_equal(remade[name], value, err_msg=name)
+    # Other flags on the same --train_dir: refused before training, nothing touched.
+    files = sorted(os.listdir(ckpt_dir))
+    other = train_helpers.run_train(train_helpers.tiny_flags(
+        one_pair, train_dir, **dict(flags, backbone="resnet_tiny", num_steps=5)))
+    assert other.returncode != 0
+    assert f"--train_dir={train_dir}: checkpoint {newest} does not fit" in other.stderr, \
+        other.stderr[-3000:]
+    assert "Traceback" not in other.stderr
+    assert sorted(os.listdir(ckpt_dir)) == files

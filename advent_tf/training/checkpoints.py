@@ -5,6 +5,8 @@ SGD (momentum buffers and iteration count, which drives every poly schedule),
 and, for AdvEnt, both discriminators and their Adam states. A checkpoint is
 written atomically by TensorFlow (data files first, then the index), so a
 process killed mid-save leaves the previous checkpoint as the latest valid one.
+A checkpoint damaged later (a full disk, a copy cut short) is set aside on
+resume in favour of the one before it (`restore_latest`).
 """
 
 import os
@@ -107,11 +109,82 @@ class CheckpointCallback(keras.callbacks.Callback):
         logging.info("Saved checkpoint %s", path)
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint in --train_dir was written by a differently configured run."""
+
+
+class NoReadableCheckpointError(RuntimeError):
+    """Checkpoints exist in --train_dir but none of them can be read."""
+
+
+# Reading a damaged checkpoint raises an OpError (missing, truncated or
+# checksum-failing files) or, for a truncated data file, an IndexError.
+_UNREADABLE = (tf.errors.OpError, IndexError)
+
+
+def _set_aside(path):
+    """Moves the files of checkpoint `path` into `unreadable/` beside it; returns that folder.
+
+    They are kept for inspection, and out of the way so that the step's next
+    save cannot mix with them.
+    """
+    folder = os.path.join(os.path.dirname(path), "unreadable")
+    os.makedirs(folder, exist_ok=True)
+    for name in tf.io.gfile.glob(path + ".*"):
+        target = os.path.join(folder, os.path.basename(name))
+        suffix = 1
+        while tf.io.gfile.exists(target):
+            target = os.path.join(folder, f"{os.path.basename(name)}.{suffix}")
+            suffix += 1
+        tf.io.gfile.rename(name, target)
+    return folder
+
+
 def restore_latest(checkpoint, manager):
-    """Restores the newest checkpoint if there is one; returns its path or None."""
-    path = manager.latest_checkpoint
-    if path is None:
+    """Restores the newest readable checkpoint of `manager`; returns its path or None.
+
+    A damaged checkpoint (truncated, checksum mismatch, missing files: a disk
+    that filled up, a copy cut short) does not stop a resumed run: its files
+    are moved into ``unreadable/`` with a warning and the next older one is
+    tried, so the run loses the steps since that one and nothing else.
+
+    Raises:
+      CheckpointMismatchError: The newest readable checkpoint holds other
+        shapes or lacks objects of this run (another backbone, class count,
+        or method): resuming it would be wrong, so nothing is guessed.
+      NoReadableCheckpointError: Checkpoints are listed but none can be read.
+    """
+    candidates = list(reversed(manager.checkpoints))
+    if not candidates:
         return None
-    checkpoint.restore(path).assert_existing_objects_matched()
-    logging.info("Resumed from %s", path)
-    return path
+    for path in candidates:
+        try:
+            status = checkpoint.restore(path)
+        except _UNREADABLE as error:
+            if not tf.io.gfile.glob(path + ".*"):
+                logging.warning("Checkpoint %s is listed but has no files; trying an older one.",
+                                path)
+                continue
+            folder = _set_aside(path)
+            logging.warning("Checkpoint %s cannot be read (%s: %s); its files were moved to %s "
+                            "and an older checkpoint is tried.", path, type(error).__name__,
+                            str(error).splitlines()[0], folder)
+            continue
+        except ValueError as error:
+            raise CheckpointMismatchError(_mismatch_message(path, error)) from error
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as error:
+            raise CheckpointMismatchError(_mismatch_message(path, error)) from error
+        logging.info("Resumed from %s", path)
+        return path
+    raise NoReadableCheckpointError(
+        f"none of the checkpoints in {manager.directory} can be read ({', '.join(candidates)}); "
+        "see the warnings above. Use a new --train_dir to start over.")
+
+
+def _mismatch_message(path, error):
+    return (f"checkpoint {path} does not fit the model and method of these flags "
+            f"({str(error).splitlines()[0]}). It was written by a run with other flags "
+            "(backbone, number of classes, multi-level, method): rerun with those, or use a "
+            "new --train_dir.")
