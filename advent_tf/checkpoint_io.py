@@ -26,6 +26,10 @@ class CheckpointError(ValueError):
     """A checkpoint or weights file that cannot be loaded into the requested network."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint or weights file that cannot be read at all: truncated, corrupt, parts missing."""
+
+
 def checkpoint_step(path):
     """The training step of a `.../ckpt-<step>` prefix, or None for other files."""
     match = re.fullmatch(r"ckpt-(\d+)", os.path.basename(path))
@@ -105,7 +109,8 @@ def load_weights(model, path):
     in the file.
 
     Raises:
-      CheckpointError: the file is damaged or does not fit the model.
+      DamagedCheckpointError: the file cannot be read.
+      CheckpointError: it does not fit the model.
     """
     try:
         if path.endswith(WEIGHTS_SUFFIX):
@@ -117,7 +122,11 @@ def load_weights(model, path):
         else:
             status = tf.train.Checkpoint(segmenter=model).restore(path)
             status.expect_partial().assert_existing_objects_matched()
-    except (ValueError, AssertionError, OSError, UserWarning, tf.errors.OpError) as e:
+    # Reading fails with an OpError (checksum, truncated index, missing data
+    # file), an IndexError (truncated data file) or, for .h5, an OSError.
+    except (tf.errors.OpError, IndexError, OSError) as e:
+        raise DamagedCheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+    except (ValueError, AssertionError, UserWarning) as e:
         raise CheckpointError(f"{path}: {e}") from e
 
 
@@ -135,13 +144,16 @@ def load_segmenter(path, backbone, num_classes, multi_level):
 
     Raises:
       FileNotFoundError: nothing loadable at `path`.
-      CheckpointError: damaged file, or one for another network; the message
-        names the flags to check.
+      DamagedCheckpointError: the file cannot be read.
+      CheckpointError: a file for another network; the message names the
+        flags to check.
     """
     resolved = resolve(path)
     model = build_segmenter(backbone, num_classes, multi_level)
     try:
         load_weights(model, resolved)
+    except DamagedCheckpointError:
+        raise  # the file, not the flags
     except CheckpointError as e:
         raise CheckpointError(
             f"{e} (loading into a {_describe(backbone, num_classes, multi_level)}: check "

@@ -138,7 +138,10 @@ def run_best(score):
         logging.info("Scoring %s", prefix)
         try:
             checkpoint_io.load_weights(model, prefix)
+        except checkpoint_io.DamagedCheckpointError:
+            raise  # run_sweep skips this one
         except checkpoint_io.CheckpointError as e:
+            # Another network than the flags': every checkpoint would fail.
             raise app.UsageError(str(e))
         return score([(model, 1.0)])
 
@@ -146,9 +149,21 @@ def run_best(score):
         evaluation.write_scalars(writer, summary, step)
         print(f"{os.path.basename(prefix)}: mIoU {summary['miou']:.2f}", flush=True)
 
+    unreadable = []
+
+    def on_skipped(step, prefix, error):
+        unreadable.append(os.path.basename(prefix))
+        logging.warning("Skipped %s: %s", prefix, error)
+        print(f"{os.path.basename(prefix)}: skipped, cannot be read", flush=True)
+
     logging.info("%d checkpoints, %d cached in %s", len(checkpoints),
                  sum(cache.lookup(p) is not None for _, p in checkpoints), cache.path)
-    results = sweep.run_sweep(checkpoints, score_checkpoint, cache, on_new_result)
+    results = sweep.run_sweep(checkpoints, score_checkpoint, cache, on_new_result,
+                              skip_errors=checkpoint_io.DamagedCheckpointError,
+                              on_skipped=on_skipped)
+    if not results:
+        raise app.UsageError(f"--train_dir={_TRAIN_DIR.value}: none of its {len(checkpoints)} "
+                             "checkpoints can be read (see the warnings above)")
     best, last = sweep.best_and_last(results)
     _report(f"Best: step {best} (selected on {_EVAL_PATTERN.value} itself)", results[best])
     if best != last:
@@ -157,7 +172,8 @@ def run_best(score):
         _settings(), train_dir=_TRAIN_DIR.value,
         best={"step": best, "summary": results[best]},
         last={"step": last, "summary": results[last]},
-        miou_by_step={str(step): results[step]["miou"] for step in sorted(results)}))
+        miou_by_step={str(step): results[step]["miou"] for step in sorted(results)},
+        unreadable=unreadable))
     return results
 
 

@@ -75,7 +75,7 @@ def write_json(path, content):
     os.replace(temp, path)
 
 
-def run_sweep(checkpoints, score, cache, on_new_result=None):
+def run_sweep(checkpoints, score, cache, on_new_result=None, skip_errors=(), on_skipped=None):
     """Scores every checkpoint, reusing the cached results.
 
     Args:
@@ -84,15 +84,24 @@ def run_sweep(checkpoints, score, cache, on_new_result=None):
       cache: a `SweepCache`.
       on_new_result: optional callable(step, prefix, summary), called for each
         checkpoint scored now (not for cached ones).
+      skip_errors: exception types of `score` that skip one checkpoint (a
+        damaged file) instead of ending the sweep; nothing is cached for it,
+        so a rerun tries it again.
+      on_skipped: optional callable(step, prefix, error) for each one skipped.
 
     Returns:
-      dict step -> summary, for every checkpoint.
+      dict step -> summary, for every checkpoint not skipped.
     """
     results = {}
     for step, prefix in checkpoints:
         summary = cache.lookup(prefix)
         if summary is None:
-            summary = score(prefix)
+            try:
+                summary = score(prefix)
+            except skip_errors as error:
+                if on_skipped is not None:
+                    on_skipped(step, prefix, error)
+                continue
             cache.store(prefix, step, summary)
             if on_new_result is not None:
                 on_new_result(step, prefix, summary)

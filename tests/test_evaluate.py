@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -100,6 +101,23 @@ def test_best_mode_resumes_an_interrupted_sweep(workdir):
     assert len(json.loads((out / "sweep.json").read_text())["checkpoints"]) == 2
 
 
+def test_best_mode_skips_a_damaged_checkpoint_and_names_it(workdir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(workdir["run"], run)
+    data_file = run / "checkpoints" / "ckpt-4.data-00000-of-00001"
+    data_file.write_bytes(data_file.read_bytes()[:40])
+    out = tmp_path / "sweep"
+    log = _cli("--mode=best", f"--train_dir={run}", f"--output_dir={out}",
+               f"--eval_pattern={workdir['pattern']}")
+    assert "ckpt-2: mIoU" in log and "ckpt-4: skipped, cannot be read" in log
+    assert f"Skipped {run / 'checkpoints' / 'ckpt-4'}: " in log
+    results = json.loads((out / "results.json").read_text())
+    assert results["unreadable"] == ["ckpt-4"]
+    assert results["best"]["step"] == results["last"]["step"] == 2
+    # Nothing cached for it: a repaired file is scored by the next run.
+    assert list(json.loads((out / "sweep.json").read_text())["checkpoints"]) == ["ckpt-2"]
+
+
 def test_run_sweep_after_interruption_scores_only_the_rest(workdir, tmp_path):
     checkpoints = checkpoint_io.list_checkpoints(workdir["run"])
     cache_path = str(tmp_path / "sweep.json")
@@ -129,6 +147,13 @@ def test_loading_errors_name_the_file_and_the_flags(workdir, tmp_path):
         checkpoint_io.load_segmenter(ckpt[:-1] + "9", "resnet_tiny", 19, True)
     with pytest.raises(checkpoint_io.CheckpointError, match="--num_classes"):
         checkpoint_io.load_segmenter(ckpt, "resnet_tiny", 16, True)
+    truncated = tmp_path / "ckpt-4"
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copy(ckpt + suffix, str(truncated) + suffix)
+    with open(str(truncated) + ".data-00000-of-00001", "r+b") as f:
+        f.truncate(40)
+    with pytest.raises(checkpoint_io.DamagedCheckpointError, match="ckpt-4: cannot be read"):
+        checkpoint_io.load_segmenter(str(truncated), "resnet_tiny", 19, True)
     bad = tmp_path / "bad.weights.h5"
     bad.write_bytes(b"not hdf5")
     with pytest.raises(checkpoint_io.CheckpointError, match="bad.weights.h5"):
