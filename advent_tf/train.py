@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from advent_tf import checkpoint_io
 from advent_tf import cli
 from advent_tf import evaluation
 from advent_tf import metrics
@@ -53,8 +54,11 @@ _MULTI_LEVEL = flags.DEFINE_bool("multi_level", True, "Auxiliary head on layer3 
 _BN_MODE = flags.DEFINE_enum("bn_mode", "reference", ["reference", "frozen"],
                              "reference: batch statistics in training, affine frozen; "
                              "frozen: running statistics always.")
-_INIT = flags.DEFINE_string("init_checkpoint", None,
-                            "Weights (.weights.h5) from tools/convert_pytorch_checkpoint.py.")
+_INIT = flags.DEFINE_string(
+    "init_checkpoint", None, "Initial segmenter weights: a .weights.h5 of "
+    "tools/convert_pytorch_checkpoint.py (the ImageNet initialisation or a released model), "
+    "or a training checkpoint (a ckpt-N prefix or a train_dir: its newest). Every weight of "
+    "the segmenter must be in it. Ignored when --train_dir already holds a checkpoint.")
 
 # -- Method ----------------------------------------------------------------
 _METHOD = flags.DEFINE_enum("method", "advent", ["source_only", "minent", "advent"],
@@ -163,7 +167,13 @@ def build_method(class_prior):
     segmenter = models.build_segmenter(_BACKBONE.value, _NUM_CLASSES.value, _MULTI_LEVEL.value,
                                        _BN_MODE.value)
     if _INIT.value:
-        segmenter.load_weights(_INIT.value)
+        try:
+            checkpoint_io.load_weights(segmenter, checkpoint_io.resolve(_INIT.value))
+        except (checkpoint_io.CheckpointError, FileNotFoundError) as error:
+            raise app.UsageError(
+                f"--init_checkpoint: {error} (the segmenter of these flags is "
+                f"{_BACKBONE.value}, {_NUM_CLASSES.value} classes, "
+                f"{'multi' if _MULTI_LEVEL.value else 'single'}-level)") from error
     sgd = optimizers.TorchSGD(learning_rate=_poly(_LR.value), momentum=_MOMENTUM.value,
                               weight_decay=_WD.value)
     sgd.set_lr_multiplier(models.head_variables(segmenter), _HEAD_MULT.value)
@@ -229,6 +239,11 @@ def run():
     if _REPEATS.value == "reference" and not _BACKBONE.value.startswith("resnet"):
         raise app.UsageError("--backbone_update_repeats=reference: the reference code has no "
                              f"{_BACKBONE.value} (its parameter listing is the ResNet's)")
+    if _INIT.value:
+        try:
+            checkpoint_io.resolve(_INIT.value)
+        except FileNotFoundError as error:
+            raise app.UsageError(f"--init_checkpoint: {error}") from error
     _validate_data()
     class_prior = load_class_prior(_PRIOR.value, _NUM_CLASSES.value) if _PRIOR.value else None
     source_size = cli.parse_size(_SOURCE_SIZE.value, "source_size")

@@ -105,6 +105,8 @@ def test_tensorboard_has_scalars_images_flags_and_periodic_eval(patterns, tmp_pa
     (dict(backbone_update_repeats=0), "must be 'reference' or a positive integer"),
     (dict(backbone="vgg16", backbone_update_repeats="reference"),
      "the reference code has no vgg16"),
+    (dict(init_checkpoint="/nonexistent/init.weights.h5"),
+     "--init_checkpoint: /nonexistent/init.weights.h5: no such weights file"),
 ])
 def test_bad_flags_fail_before_training(overrides, message, patterns, tmp_path):
     train_dir = str(tmp_path / "run")
@@ -112,6 +114,44 @@ def test_bad_flags_fail_before_training(overrides, message, patterns, tmp_path):
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert not os.path.exists(os.path.join(train_dir, "checkpoints"))
+
+
+def test_init_checkpoint_loads_every_weight_and_refuses_another_network(patterns, tmp_path):
+    # Learning rate 0 and frozen BN: the saved step-1 state is the initial one.
+    flags = dict(method="source_only", num_steps=1, learning_rate=0.0, bn_mode="frozen",
+                 image_summary_every=0)
+    init = models.build_segmenter("resnet_mini", 19, True)
+    for variable in init.weights:  # not what --seed would draw
+        variable.assign(np.random.default_rng(7).normal(size=variable.shape) * 0.05 + 1.0)
+    init_file = str(tmp_path / "init.weights.h5")
+    init.save_weights(init_file)
+    expected = [w.numpy() for w in init.weights]
+    first_dir = str(tmp_path / "from_h5")
+    result = train_helpers.run_train(train_helpers.tiny_flags(
+        patterns, first_dir, init_checkpoint=init_file, **flags))
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = _segmenter_weights(os.path.join(first_dir, "checkpoints", "ckpt-1"))
+    for value, want in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(value, want)
+    # A training run's directory works as an initialisation too (its newest checkpoint).
+    second_dir = str(tmp_path / "from_run")
+    result = train_helpers.run_train(train_helpers.tiny_flags(
+        patterns, second_dir, init_checkpoint=first_dir, **flags))
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = _segmenter_weights(os.path.join(second_dir, "checkpoints", "ckpt-1"))
+    for value, want in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(value, want)
+    # Weights of a 16-class network: refused before training, naming the file.
+    other_file = str(tmp_path / "sixteen.weights.h5")
+    models.build_segmenter("resnet_mini", 16, True).save_weights(other_file)
+    third_dir = str(tmp_path / "refused")
+    result = train_helpers.run_train(train_helpers.tiny_flags(
+        patterns, third_dir, init_checkpoint=other_file, **flags))
+    assert result.returncode != 0
+    assert f"--init_checkpoint: {other_file}" in result.stderr, result.stderr[-3000:]
+    assert "resnet_mini, 19 classes, multi-level" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(os.path.join(third_dir, "checkpoints"))
 
 
 def test_configs_parse():
