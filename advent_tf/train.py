@@ -27,6 +27,7 @@ from advent_tf.data import manifest as manifest_lib
 from advent_tf.data import pipeline
 from advent_tf.training import callbacks
 from advent_tf.training import checkpoints
+from advent_tf.training import run_flags
 
 # -- Data ------------------------------------------------------------------
 _SOURCE = flags.DEFINE_string("source_pattern", None, "Glob of the source TFRecord shards (labelled).")
@@ -124,6 +125,19 @@ _DETERMINISTIC = flags.DEFINE_bool(
     "enable_op_determinism); a little slower.")
 
 flags.mark_flags_as_required(["source_pattern", "target_pattern", "train_dir"])
+
+_ALL_FLAGS = [holder for holder in list(globals().values()) + list(_LAMBDAS.values())
+              if isinstance(holder, flags.FlagHolder)]
+# A resumed run must keep these: they define what is learnt (the checkpoint
+# alone cannot tell MinEnt from source-only, or one loss weighting from another).
+_EXPERIMENT_FLAGS = [_METHOD, _TOP_FRACTION, _PRIOR, _MU, *_LAMBDAS.values(), _BACKBONE,
+                     _NUM_CLASSES, _MULTI_LEVEL, _BN_MODE]
+# These say how a run executes, not what it learns: they change on resume silently
+# (--init_checkpoint is overridden by the restored checkpoint anyway). Any
+# other change (schedule, data, precision) is allowed with a warning.
+_EXECUTION_FLAGS = [_TRAIN_DIR, _DEMO_DIR, _INIT, _STEPS, _CKPT_EVERY, _KEEP, _LOG_EVERY,
+                    _IMAGE_EVERY, _EVAL_PATTERN, _EVAL_EVERY, _EVAL_SIZE, _STRATEGY, _JIT,
+                    _DETERMINISTIC]
 
 
 def load_class_prior(path, num_classes):
@@ -225,6 +239,18 @@ def _validate_data():
                 f"but --num_classes={_NUM_CLASSES.value}")
 
 
+def _check_resumed_flags():
+    """Refuses to resume --train_dir as another experiment (before anything is built)."""
+    ckpt_dir = checkpoints.checkpoint_dir(_TRAIN_DIR.value)
+    if checkpoints.is_chief() and tf.io.gfile.glob(os.path.join(ckpt_dir, "ckpt-*.index")):
+        try:
+            run_flags.check_resume(_TRAIN_DIR.value, _ALL_FLAGS,
+                                   [h.name for h in _EXPERIMENT_FLAGS],
+                                   [h.name for h in _EXECUTION_FLAGS])
+        except run_flags.FlagChangeError as error:
+            raise app.UsageError(f"--train_dir={_TRAIN_DIR.value}: {error}") from error
+
+
 def _flags_markdown():
     return "\n".join(f"    {line}" for line in flags.FLAGS.flags_into_string().splitlines()
                      if not line.startswith("--flagfile"))
@@ -245,6 +271,7 @@ def run():
         except FileNotFoundError as error:
             raise app.UsageError(f"--init_checkpoint: {error}") from error
     _validate_data()
+    _check_resumed_flags()
     class_prior = load_class_prior(_PRIOR.value, _NUM_CLASSES.value) if _PRIOR.value else None
     source_size = cli.parse_size(_SOURCE_SIZE.value, "source_size")
     target_size = cli.parse_size(_TARGET_SIZE.value, "target_size")
@@ -265,6 +292,9 @@ def run():
         checkpoints.restore_latest(checkpoint, manager)
     except (checkpoints.CheckpointMismatchError, checkpoints.NoReadableCheckpointError) as error:
         raise app.UsageError(f"--train_dir={_TRAIN_DIR.value}: {error}") from error
+    # Recorded only now: a run refused above must not replace the record.
+    if checkpoints.is_chief():
+        run_flags.write(_TRAIN_DIR.value, _ALL_FLAGS)
 
     def step():
         return int(method.optimizer.iterations.numpy())
