@@ -172,17 +172,22 @@ def _maybe_loss_scale(optimizer):
     return optimizer
 
 
-def build_method(class_prior):
+def build_method(class_prior, init_checkpoint=None):
     """Builds segmenter, discriminators, optimizers and the compiled method.
 
     Must be called inside the strategy scope.
+
+    Args:
+      class_prior: p_s for the class-ratio prior, or None.
+      init_checkpoint: initial segmenter weights (anything `checkpoint_io.resolve`
+        takes), or None for the random initialisation.
     """
     keras.utils.set_random_seed(_SEED.value)
     segmenter = models.build_segmenter(_BACKBONE.value, _NUM_CLASSES.value, _MULTI_LEVEL.value,
                                        _BN_MODE.value)
-    if _INIT.value:
+    if init_checkpoint:
         try:
-            checkpoint_io.load_weights(segmenter, checkpoint_io.resolve(_INIT.value))
+            checkpoint_io.load_weights(segmenter, checkpoint_io.resolve(init_checkpoint))
         except (checkpoint_io.CheckpointError, FileNotFoundError) as error:
             raise app.UsageError(
                 f"--init_checkpoint: {error} (the segmenter of these flags is "
@@ -239,10 +244,15 @@ def _validate_data():
                 f"but --num_classes={_NUM_CLASSES.value}")
 
 
+def _resuming():
+    """Whether --train_dir holds a checkpoint to resume from."""
+    ckpt_dir = checkpoints.checkpoint_dir(_TRAIN_DIR.value)
+    return bool(tf.io.gfile.glob(os.path.join(ckpt_dir, "ckpt-*.index")))
+
+
 def _check_resumed_flags():
     """Refuses to resume --train_dir as another experiment (before anything is built)."""
-    ckpt_dir = checkpoints.checkpoint_dir(_TRAIN_DIR.value)
-    if checkpoints.is_chief() and tf.io.gfile.glob(os.path.join(ckpt_dir, "ckpt-*.index")):
+    if checkpoints.is_chief():
         try:
             run_flags.check_resume(_TRAIN_DIR.value, _ALL_FLAGS,
                                    [h.name for h in _EXPERIMENT_FLAGS],
@@ -265,13 +275,18 @@ def run():
     if _REPEATS.value == "reference" and not _BACKBONE.value.startswith("resnet"):
         raise app.UsageError("--backbone_update_repeats=reference: the reference code has no "
                              f"{_BACKBONE.value} (its parameter listing is the ResNet's)")
-    if _INIT.value:
+    resuming = _resuming()
+    # A resumed run restores its checkpoint over any initialisation: the
+    # init file is not needed then (it may have been moved since).
+    init_checkpoint = None if resuming else _INIT.value
+    if init_checkpoint:
         try:
-            checkpoint_io.resolve(_INIT.value)
+            checkpoint_io.resolve(init_checkpoint)
         except FileNotFoundError as error:
             raise app.UsageError(f"--init_checkpoint: {error}") from error
     _validate_data()
-    _check_resumed_flags()
+    if resuming:
+        _check_resumed_flags()
     class_prior = load_class_prior(_PRIOR.value, _NUM_CLASSES.value) if _PRIOR.value else None
     source_size = cli.parse_size(_SOURCE_SIZE.value, "source_size")
     target_size = cli.parse_size(_TARGET_SIZE.value, "target_size")
@@ -284,7 +299,7 @@ def run():
         raise app.UsageError(f"--batch_size={_BATCH.value} must be a multiple of the "
                              f"{strategy.num_replicas_in_sync} replicas")
     with strategy.scope():
-        method = build_method(class_prior)
+        method = build_method(class_prior, init_checkpoint)
         checkpoint = checkpoints.make_checkpoint(method)
     manager = tf.train.CheckpointManager(checkpoint, checkpoints.checkpoint_dir(_TRAIN_DIR.value),
                                          max_to_keep=_KEEP.value or None)

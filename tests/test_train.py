@@ -141,6 +141,13 @@ def test_init_checkpoint_loads_every_weight_and_refuses_another_network(patterns
     got = _segmenter_weights(os.path.join(second_dir, "checkpoints", "ckpt-1"))
     for value, want in zip(got, expected, strict=True):
         np.testing.assert_array_equal(value, want)
+    # Resuming restores the checkpoint over the initialisation: the init file
+    # is no longer needed.
+    os.rename(init_file, init_file + ".moved")
+    result = train_helpers.run_train(train_helpers.tiny_flags(
+        patterns, first_dir, init_checkpoint=init_file, **dict(flags, num_steps=2)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from" in result.stderr
     # Weights of a 16-class network: refused before training, naming the file.
     other_file = str(tmp_path / "sixteen.weights.h5")
     models.build_segmenter("resnet_mini", 16, True).save_weights(other_file)
