@@ -30,6 +30,11 @@ class DamagedCheckpointError(CheckpointError):
     """A checkpoint or weights file that cannot be read at all: truncated, corrupt, parts missing."""
 
 
+# What reading a damaged TF checkpoint raises: an OpError (checksum, truncated
+# index, missing data file) or, for a truncated data file, an IndexError.
+CHECKPOINT_READ_ERRORS = (tf.errors.OpError, IndexError)
+
+
 def checkpoint_step(path):
     """The training step of a `.../ckpt-<step>` prefix, or None for other files."""
     match = re.fullmatch(r"ckpt-(\d+)", os.path.basename(path))
@@ -122,9 +127,8 @@ def load_weights(model, path):
         else:
             status = tf.train.Checkpoint(segmenter=model).restore(path)
             status.expect_partial().assert_existing_objects_matched()
-    # Reading fails with an OpError (checksum, truncated index, missing data
-    # file), an IndexError (truncated data file) or, for .h5, an OSError.
-    except (tf.errors.OpError, IndexError, OSError) as e:
+    # A damaged .h5 raises an OSError.
+    except CHECKPOINT_READ_ERRORS + (OSError,) as e:
         raise DamagedCheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
     except (ValueError, AssertionError, UserWarning) as e:
         raise CheckpointError(f"{path}: {e}") from e

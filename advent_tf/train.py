@@ -179,16 +179,16 @@ def build_method(class_prior, init_checkpoint=None):
 
     Args:
       class_prior: p_s for the class-ratio prior, or None.
-      init_checkpoint: initial segmenter weights (anything `checkpoint_io.resolve`
-        takes), or None for the random initialisation.
+      init_checkpoint: initial segmenter weights (a path `checkpoint_io.resolve`
+        returned), or None for the random initialisation.
     """
     keras.utils.set_random_seed(_SEED.value)
     segmenter = models.build_segmenter(_BACKBONE.value, _NUM_CLASSES.value, _MULTI_LEVEL.value,
                                        _BN_MODE.value)
     if init_checkpoint:
         try:
-            checkpoint_io.load_weights(segmenter, checkpoint_io.resolve(init_checkpoint))
-        except (checkpoint_io.CheckpointError, FileNotFoundError) as error:
+            checkpoint_io.load_weights(segmenter, init_checkpoint)
+        except checkpoint_io.CheckpointError as error:
             raise app.UsageError(
                 f"--init_checkpoint: {error} (the segmenter of these flags is "
                 f"{_BACKBONE.value}, {_NUM_CLASSES.value} classes, "
@@ -278,10 +278,10 @@ def run():
     resuming = _resuming()
     # A resumed run restores its checkpoint over any initialisation: the
     # init file is not needed then (it may have been moved since).
-    init_checkpoint = None if resuming else _INIT.value
-    if init_checkpoint:
+    init_checkpoint = None
+    if _INIT.value and not resuming:
         try:
-            checkpoint_io.resolve(init_checkpoint)
+            init_checkpoint = checkpoint_io.resolve(_INIT.value)
         except FileNotFoundError as error:
             raise app.UsageError(f"--init_checkpoint: {error}") from error
     _validate_data()

@@ -126,21 +126,19 @@ def test_init_checkpoint_loads_every_weight_and_refuses_another_network(patterns
     init_file = str(tmp_path / "init.weights.h5")
     init.save_weights(init_file)
     expected = [w.numpy() for w in init.weights]
+
+    def train_from(init_checkpoint, train_dir):
+        result = train_helpers.run_train(train_helpers.tiny_flags(
+            patterns, train_dir, init_checkpoint=init_checkpoint, **flags))
+        assert result.returncode == 0, result.stderr[-3000:]
+        got = _segmenter_weights(os.path.join(train_dir, "checkpoints", "ckpt-1"))
+        for value, want in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(value, want)
+
     first_dir = str(tmp_path / "from_h5")
-    result = train_helpers.run_train(train_helpers.tiny_flags(
-        patterns, first_dir, init_checkpoint=init_file, **flags))
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = _segmenter_weights(os.path.join(first_dir, "checkpoints", "ckpt-1"))
-    for value, want in zip(got, expected, strict=True):
-        np.testing.assert_array_equal(value, want)
+    train_from(init_file, first_dir)
     # A training run's directory works as an initialisation too (its newest checkpoint).
-    second_dir = str(tmp_path / "from_run")
-    result = train_helpers.run_train(train_helpers.tiny_flags(
-        patterns, second_dir, init_checkpoint=first_dir, **flags))
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = _segmenter_weights(os.path.join(second_dir, "checkpoints", "ckpt-1"))
-    for value, want in zip(got, expected, strict=True):
-        np.testing.assert_array_equal(value, want)
+    train_from(first_dir, str(tmp_path / "from_run"))
     # Resuming restores the checkpoint over the initialisation: the init file
     # is no longer needed.
     os.rename(init_file, init_file + ".moved")

@@ -17,6 +17,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from advent_tf import checkpoint_io
+
 
 class NonFiniteStateError(RuntimeError):
     """The weights diverged; nothing was saved over the last good checkpoint."""
@@ -117,11 +119,6 @@ class NoReadableCheckpointError(RuntimeError):
     """Checkpoints exist in --train_dir but none of them can be read."""
 
 
-# Reading a damaged checkpoint raises an OpError (missing, truncated or
-# checksum-failing files) or, for a truncated data file, an IndexError.
-_UNREADABLE = (tf.errors.OpError, IndexError)
-
-
 def _set_aside(path):
     """Moves the files of checkpoint `path` into `unreadable/` beside it; returns that folder.
 
@@ -160,7 +157,7 @@ def restore_latest(checkpoint, manager):
     for path in candidates:
         try:
             status = checkpoint.restore(path)
-        except _UNREADABLE as error:
+        except checkpoint_io.CHECKPOINT_READ_ERRORS as error:
             if not tf.io.gfile.glob(path + ".*"):
                 logging.warning("Checkpoint %s is listed but has no files; trying an older one.",
                                 path)
