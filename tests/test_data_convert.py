@@ -1,9 +1,13 @@
-"""The converter tool on tiny datasets built here in their real on-disk layouts."""
+"""The converter tool on tiny datasets built here in their real on-disk layouts,
+and the atomic publication of a split, killed at each of its steps."""
 
 import importlib.util
 import json
 import os
 import pathlib
+import re
+import shutil
+import signal
 import subprocess
 import sys
 
@@ -14,10 +18,16 @@ import PIL.Image
 import pytest
 import tensorflow as tf
 
+from advent_tf.data import convert
 from advent_tf.data import example as example_lib
+from advent_tf.data import pipeline
+from advent_tf.data import sources
+
+import convert_kill_driver
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "convert_to_tfrecord.py"
+KILL_DRIVER = pathlib.Path(__file__).with_name("convert_kill_driver.py")
 H, W = 8, 12
 
 
@@ -121,7 +131,7 @@ def test_gta5(tmp_path):
     assert code == 0
     files, examples = read_split(tmp_path / "out", "train")
     assert [os.path.basename(f) for f in files] == [
-        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+        "train-g1-00000-of-00002.tfrecord", "train-g1-00001-of-00002.tfrecord"]
     assert [e["filename"].numpy() for e in examples] == [b"00000.png", b"00001.png", b"00002.png"]
     raw = np.asarray(PIL.Image.open(root / "labels" / "00001.png"))
     lut = {0: 255, 7: 0, 8: 1, 26: 13, 33: 18}
@@ -213,7 +223,8 @@ def test_bad_samples_fail_cleanly_unless_skipped(tmp_path, capsys, damage, messa
     manifest = json.loads((out / "train_manifest.json").read_text())
     assert manifest["num_examples"] == 2 and message in manifest["skipped"][0]["error"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "train_manifest.json"]
+        "train-g1-00000-of-00002.tfrecord", "train-g1-00001-of-00002.tfrecord",
+        "train_manifest.json"]
 
 
 def test_missing_directory_and_list_entry(tmp_path, capsys):
@@ -233,7 +244,7 @@ def test_reconversion_replaces_old_shards(tmp_path):
     assert run_tool(dataset="gta5", root=root, output_dir=out, num_shards=3)[0] == 0
     assert run_tool(dataset="gta5", root=root, output_dir=out, num_shards=1)[0] == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "train-00000-of-00001.tfrecord", "train_manifest.json"]
+        "train-g2-00000-of-00001.tfrecord", "train_manifest.json"]
 
 
 def test_subprocess_with_parallel_workers(tmp_path):
@@ -247,3 +258,84 @@ def test_subprocess_with_parallel_workers(tmp_path):
     assert "cityscapes val: 3 examples in 2 shards" in result.stdout
     _, examples = read_split(tmp_path / "out", "val")
     assert len(examples) == 3
+
+
+def make_named_folder(root, prefix, n):
+    """A labelled folder dataset of `n` images `{prefix}{i}.png` (2 classes, ROOT/map.txt)."""
+    for i in range(n):
+        _save(root / "images" / f"{prefix}{i}.png", _rgb(100 + i))
+        _save(root / "labels" / f"{prefix}{i}.png", _ids(i, [5, 6]))
+    (root / "map.txt").write_text("5 0\n6 1\n")
+    return root
+
+
+def read_names(directory, glob="train-*.tfrecord"):
+    """The image names of a split, as the evaluation reader yields them."""
+    dataset = pipeline.make_eval_dataset(os.path.join(directory, glob), (H, W))
+    return [n.decode() for batch in dataset for n in batch["filename"].numpy()]
+
+
+def _published_files(directory, split="train"):
+    """The files a published split consists of: its manifest and the shards it lists."""
+    manifest = json.loads((directory / f"{split}_manifest.json").read_text())
+    return sorted([s["file"] for s in manifest["shards"]] + [f"{split}_manifest.json"])
+
+
+def test_killed_publication_leaves_the_old_or_the_new_split(tmp_path):
+    old_root = make_named_folder(tmp_path / "old", "old", 2)
+    new_root = make_named_folder(tmp_path / "new", "new", 3)
+    old, new = ["old0.png", "old1.png"], ["new0.png", "new1.png", "new2.png"]
+    published = tmp_path / "published"
+    convert_kill_driver.convert_killed_at(old_root, published, "train", 2, kill_at=0)
+    full = tmp_path / "full"
+    shutil.copytree(published, full)
+    num_calls = convert_kill_driver.convert_killed_at(new_root, full, "train", 3, kill_at=0)
+    # Move 3 new shards, rename the manifest (the commit point), remove 2 old shards.
+    assert num_calls == 3 + 1 + 2
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    runs = []
+    for kill_at in range(1, num_calls + 1):  # In parallel: each start imports TensorFlow.
+        out = tmp_path / f"killed_at_{kill_at}"
+        shutil.copytree(published, out)
+        with open(tmp_path / f"killed_at_{kill_at}.log", "w") as log:
+            runs.append((kill_at, out, log.name, subprocess.Popen(
+                [sys.executable, str(KILL_DRIVER), str(new_root), str(out), "train", "3",
+                 str(kill_at)], stdout=log, stderr=subprocess.STDOUT, env=env)))
+    for kill_at, out, log, process in runs:
+        assert process.wait(timeout=120) == -signal.SIGKILL, pathlib.Path(log).read_text()
+        # Killed before the manifest rename (call 4) or at it: the old split.
+        assert read_names(out) == (old if kill_at <= 4 else new), f"killed at call {kill_at}"
+        convert_kill_driver.convert_killed_at(new_root, out, "train", 3, kill_at=0)
+        assert read_names(out) == new, f"killed at call {kill_at}, then rerun"
+        assert sorted(os.listdir(out)) == _published_files(out), f"killed at call {kill_at}"
+
+
+def test_stale_shards_are_ignored_then_removed(tmp_path):
+    root = make_named_folder(tmp_path / "data", "img", 2)
+    source = sources.folder(str(root), 2, label_map_file=str(root / "map.txt"))
+    out = tmp_path / "out"
+    convert.convert_split(source, str(out), "train", num_shards=2)
+    listed = sorted(out.glob("train-g1-*.tfrecord"))
+    # What interrupted conversions leave: shards of the next generation, one of
+    # the names of converters before generations, a temporary folder.
+    for stale in ("train-g2-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
+                  ".incomplete-train-x/train-g2-00000-of-00001.tfrecord"):
+        (out / stale).parent.mkdir(exist_ok=True)
+        shutil.copy(listed[0], out / stale)
+    assert read_names(out) == ["img0.png", "img1.png"]
+    with pytest.raises(FileNotFoundError, match="lists none of them"):
+        read_names(out, "train-g2-*.tfrecord")
+    listed[1].rename(tmp_path / "away")
+    with pytest.raises(FileNotFoundError, match=re.escape(listed[1].name) + ": missing, but "
+                       r"listed by .*train_manifest\.json"):
+        read_names(out)
+    (tmp_path / "away").rename(listed[1])
+
+    convert.convert_split(source, str(out), "train", num_shards=2)
+    assert sorted(os.listdir(out)) == [
+        "train-g2-00000-of-00002.tfrecord", "train-g2-00001-of-00002.tfrecord",
+        "train_manifest.json"]
+    assert read_names(out) == ["img0.png", "img1.png"]
+    # Such a split's shards would match the glob of split "train".
+    with pytest.raises(ValueError, match="must not contain '-'"):
+        convert.convert_split(source, str(out), "train-extra")

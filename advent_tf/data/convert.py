@@ -1,14 +1,30 @@
 """Converts one split of a dataset into sharded TFRecords plus a manifest.
 
 Shards are written in parallel (one task per shard) into a temporary folder
-inside the output directory and moved to their final names only once every
-shard is complete, so an interrupted or failed conversion never leaves a
-truncated shard that looks valid, nor a mix of old and new shards.
+inside the output directory. Readers trust only the shards that the split's
+manifest `{split}_manifest.json` lists (`records.list_shards`), so a split is
+published in one atomic step, the rename of its new manifest:
+
+1. The complete new shards are moved (renamed) into the output directory.
+   Their names carry the conversion's generation, one more than the current
+   manifest's (`{split}-g{generation}-%05d-of-%05d.tfrecord`), so they
+   replace no shard of the published split.
+2. The new manifest, written to a temporary file, is renamed over the old
+   one: the commit point.
+3. Only then are the shards that the new manifest does not list removed.
+
+A conversion starts by removing what an interrupted earlier one left: its
+temporary folders and the shards that the current manifest does not list;
+the listed ones are never touched before step 2. So whenever a conversion is
+killed, readers see exactly the previous split or exactly the new one, never
+a mix nor a truncated shard, and rerunning it leaves no leftover. (This holds
+for the process dying, not for the machine losing power: nothing is fsynced.)
 """
 
 import collections
 import concurrent.futures
 import dataclasses
+import glob
 import multiprocessing
 import os
 import shutil
@@ -117,68 +133,37 @@ def _run_shards(tasks, num_workers):
         return list(pool.map(_write_shard, *zip(*tasks)))
 
 
-def _remove_stale_shards(output_dir, split, keep):
+def _published_manifest(output_dir, split):
+    """The split's current manifest, or None when there is none that readers could use."""
+    try:
+        return manifest_lib.read_manifest(output_dir, split)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _remove_unlisted_shards(output_dir, split, listed):
+    """Removes the shards of `split` whose file names are not in `listed`."""
     for path in tf.io.gfile.glob(os.path.join(output_dir, example_lib.shard_glob(split))):
-        if os.path.basename(path) not in keep:
+        if os.path.basename(path) not in listed:
             os.remove(path)
 
 
-def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_bad=False):
-    """Converts a dataset split to `{split}-%05d-of-%05d.tfrecord` shards.
+def _temp_prefix(split):
+    return f".incomplete-{split}-"
 
-    Args:
-      source: a `sources.DatasetSource`.
-      output_dir: where shards and manifest go (created if needed). Shards of
-        an earlier conversion of the same split are replaced.
-      split: the split name used in file names.
-      num_shards: number of shards (at most one per sample); samples are
-        split into contiguous runs, so reading the shards in name order gives
-        the samples in `source` order.
-      num_workers: parallel worker processes.
-      skip_bad: convert the good samples and list the bad ones in the
-        manifest, instead of failing.
 
-    Returns:
-      The manifest dict, also written to `{split}_manifest.json`. Fields:
-      format_version, dataset, split, has_labels, num_examples, num_shards,
-      shards [{file, num_examples}], num_classes, class_names, ignore_label,
-      image_sizes {"HxW": count}, class_pixel_counts [num_classes],
-      ignored_pixel_count, skipped [{file, error}].
-
-    Raises:
-      ConversionError: some samples are bad and `skip_bad` is False; then
-        nothing is written.
-    """
-    start = time.time()
-    samples = list(source.samples)
-    num_shards = max(1, min(num_shards, len(samples)))
-    os.makedirs(output_dir, exist_ok=True)
-    temp_dir = tempfile.mkdtemp(prefix=f".incomplete-{split}-", dir=output_dir)
-    try:
-        names = [example_lib.shard_filename(split, i, num_shards) for i in range(num_shards)]
-        chunks = np.array_split(np.arange(len(samples)), num_shards)
-        tasks = [([samples[i] for i in chunk], source.read_label, source.label_map,
-                  os.path.join(temp_dir, name)) for chunk, name in zip(chunks, names)]
-        results = _run_shards(tasks, num_workers)
-        bad = [item for result in results for item in result.bad]
-        if bad and (not skip_bad or len(bad) == len(samples)):
-            raise ConversionError(split, bad)
-        for name in names:
-            os.replace(os.path.join(temp_dir, name), os.path.join(output_dir, name))
-        _remove_stale_shards(output_dir, split, set(names))
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
+def _split_manifest(source, split, generation, names, results, bad):
     has_labels = source.label_map is not None
     num_classes = len(source.class_names)
     sizes = sum((r.sizes for r in results), collections.Counter())
-    manifest = {
+    return {
         "format_version": manifest_lib.FORMAT_VERSION,
         "dataset": source.dataset,
         "split": split,
+        "generation": generation,
         "has_labels": has_labels,
         "num_examples": sum(r.num_examples for r in results),
-        "num_shards": num_shards,
+        "num_shards": len(names),
         "shards": [{"file": name, "num_examples": r.num_examples}
                    for name, r in zip(names, results)],
         "num_classes": num_classes,
@@ -190,7 +175,68 @@ def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_
         "ignored_pixel_count": sum(r.ignored_pixels for r in results),
         "skipped": [{"file": f, "error": m} for f, m in bad],
     }
-    manifest_lib.write_manifest(manifest, output_dir, split)
+
+
+def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_bad=False):
+    """Converts a dataset split to `{split}-g{generation}-%05d-of-%05d.tfrecord` shards.
+
+    Args:
+      source: a `sources.DatasetSource`.
+      output_dir: where shards and manifest go (created if needed). An
+        earlier conversion of the same split is replaced atomically (see the
+        module docstring).
+      split: the split name used in file names; no '-' (readers take the
+        text before the first '-' of a shard name as its split).
+      num_shards: number of shards (at most one per sample); samples are
+        split into contiguous runs, so reading the shards in name order gives
+        the samples in `source` order.
+      num_workers: parallel worker processes.
+      skip_bad: convert the good samples and list the bad ones in the
+        manifest, instead of failing.
+
+    Returns:
+      The manifest dict, also written to `{split}_manifest.json`. Fields:
+      format_version, dataset, split, generation, has_labels, num_examples,
+      num_shards, shards [{file, num_examples}], num_classes, class_names,
+      ignore_label, image_sizes {"HxW": count}, class_pixel_counts
+      [num_classes], ignored_pixel_count, skipped [{file, error}].
+
+    Raises:
+      ConversionError: some samples are bad and `skip_bad` is False; then
+        nothing is written and the published split is kept.
+      ValueError: the split name contains '-'.
+    """
+    if "-" in split:
+        raise ValueError(f"split {split!r}: split names must not contain '-'")
+    start = time.time()
+    samples = list(source.samples)
+    num_shards = max(1, min(num_shards, len(samples)))
+    os.makedirs(output_dir, exist_ok=True)
+    previous = _published_manifest(output_dir, split)
+    # Leftovers of an interrupted conversion, removed first to free the disk.
+    for path in glob.glob(os.path.join(output_dir, _temp_prefix(split) + "*")):
+        shutil.rmtree(path, ignore_errors=True)
+    _remove_unlisted_shards(output_dir, split,
+                            {s["file"] for s in previous["shards"]} if previous else set())
+    generation = (previous or {}).get("generation", 0) + 1
+    names = [example_lib.shard_filename(split, generation, i, num_shards)
+             for i in range(num_shards)]
+    temp_dir = tempfile.mkdtemp(prefix=_temp_prefix(split), dir=output_dir)
+    try:
+        chunks = np.array_split(np.arange(len(samples)), num_shards)
+        tasks = [([samples[i] for i in chunk], source.read_label, source.label_map,
+                  os.path.join(temp_dir, name)) for chunk, name in zip(chunks, names)]
+        results = _run_shards(tasks, num_workers)
+        bad = [item for result in results for item in result.bad]
+        if bad and (not skip_bad or len(bad) == len(samples)):
+            raise ConversionError(split, bad)
+        manifest = _split_manifest(source, split, generation, names, results, bad)
+        for name in names:
+            os.replace(os.path.join(temp_dir, name), os.path.join(output_dir, name))
+        manifest_lib.write_manifest(manifest, output_dir, split)  # The commit point.
+        _remove_unlisted_shards(output_dir, split, set(names))
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
     logging.info("%s: %d examples in %d shards (%d skipped) in %.1f s", split,
                  manifest["num_examples"], num_shards, len(bad), time.time() - start)
     return manifest

@@ -11,14 +11,23 @@ from advent_tf import constants
 SHARD_SUFFIX = ".tfrecord"
 
 
-def shard_filename(split, index, num_shards):
-    """`{split}-%05d-of-%05d.tfrecord`."""
-    return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+def shard_filename(split, generation, index, num_shards):
+    """`{split}-g{generation}-%05d-of-%05d.tfrecord`.
+
+    The generation (1, 2, ... for successive conversions of a split into one
+    directory) keeps a conversion's shards from overwriting those of the one
+    readers still use; see `convert`.
+    """
+    return f"{split}-g{generation}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
 
 
 def shard_glob(split):
-    """A glob matching every shard of `split`, whatever the shard count."""
-    return f"{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]{SHARD_SUFFIX}"
+    """A glob matching every shard of `split`, whatever the generation and shard count.
+
+    It also matches `{split}-%05d-of-%05d.tfrecord`, the names converters
+    gave before generations, so that a reconversion removes those too.
+    """
+    return f"{split}-*[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]{SHARD_SUFFIX}"
 
 
 def _bytes(value):

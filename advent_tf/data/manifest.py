@@ -1,7 +1,8 @@
 """The per-split manifest (JSON) and the class-ratio prior p_s derived from it.
 
-The converter writes `{split}_manifest.json` beside the shards: example and
-shard counts, image sizes, class names and the per-class pixel histogram of
+The converter writes `{split}_manifest.json` beside the shards: the list of
+the split's shards (the only ones readers use, see `records.list_shards`),
+example counts, image sizes, class names and the per-class pixel histogram of
 the labels. Eq. 10 of the paper (the class-ratio prior, "CP") needs p_s, the
 class distribution of the source labels: it is that histogram, L1-normalised.
 """
@@ -11,6 +12,8 @@ import json
 import os
 
 import numpy as np
+
+from advent_tf.data import example as example_lib
 
 FORMAT_VERSION = 1
 _SUFFIX = "_manifest.json"
@@ -33,7 +36,8 @@ def write_manifest(manifest, output_dir, split):
 
 
 def _resolve(path_or_dir, split):
-    if os.path.isfile(path_or_dir):
+    # A shard file (a one-file pattern) stands for its split, like a pattern.
+    if os.path.isfile(path_or_dir) and not path_or_dir.endswith(example_lib.SHARD_SUFFIX):
         return path_or_dir
     if os.path.isdir(path_or_dir):
         if split is not None:
@@ -57,7 +61,7 @@ def read_manifest(path_or_dir, split=None):
     Args:
       path_or_dir: the manifest file; or the directory of the shards (then
         `split` names the split, or the directory must hold one manifest); or
-        a shard pattern `DIR/SPLIT-*.tfrecord`.
+        a shard pattern `DIR/SPLIT-*.tfrecord` or one shard of the split.
       split: the split, when `path_or_dir` is a directory with several.
 
     Returns:

@@ -1,14 +1,18 @@
 """The tf.data input pipelines of training and evaluation.
 
+Shards: those of the glob that the split's manifest lists, so a conversion
+being published or interrupted is never read half old, half new; every
+match of the glob when the split has no manifest (see `records.list_shards`).
+
 Training (deeplab2 order): list shards -> shuffle shards -> interleave ->
 shuffle records -> decode, resize (bicubic images, nearest labels; aspect
 ratio not preserved, as in the reference), optional augmentation,
 preprocess -> batch(drop_remainder) -> prefetch. Source and target are two
 independent infinite streams zipped into one element per step.
 
-Evaluation: shards in name order (= conversion order), images resized to the
-network's input size, labels kept at full resolution (the reference scores
-at 2048x1024), file names carried for outputs.
+Evaluation: shards in conversion order (name order without a manifest),
+images resized to the network's input size, labels kept at full resolution
+(the reference scores at 2048x1024), file names carried for outputs.
 
 tf.distribute: pass the *global* batch size and give the dataset to
 `strategy.experimental_distribute_dataset` (or Keras `fit`); the auto-shard
@@ -140,7 +144,8 @@ def make_train_dataset(source_pattern, target_pattern, source_size, target_size,
       `advent_tf.preprocessing.preprocess_image` (BGR minus mean).
 
     Raises:
-      FileNotFoundError: a pattern matches no shard.
+      FileNotFoundError: a pattern matches no shard, or a shard listed by
+        the split's manifest is missing (see `records.list_shards`).
       ValueError: the source shards have no labels.
     """
     source_size, target_size = tuple(source_size), tuple(target_size)
@@ -175,7 +180,8 @@ def make_eval_dataset(pattern, image_size, batch_size=1):
       "filename": string [B]}.
 
     Raises:
-      FileNotFoundError: the pattern matches no shard.
+      FileNotFoundError: the pattern matches no shard, or a shard listed by
+        the split's manifest is missing (see `records.list_shards`).
       ValueError: the split has no labels.
     """
     image_size = tuple(image_size)

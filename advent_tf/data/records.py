@@ -8,16 +8,27 @@ raises an error that names the shard. A healthy shard costs one scalar
 addition per record.
 """
 
+import fnmatch
+import os
+
 import tensorflow as tf
 
 from advent_tf.data import example as example_lib
+from advent_tf.data import manifest as manifest_lib
 
 # A TFRecord entry is: uint64 length, uint32 length CRC, data, uint32 data CRC.
 _RECORD_OVERHEAD = 16
 
 
 def list_shards(pattern):
-    """The shards matching a glob, sorted by name, with their sizes in bytes.
+    """The shards of a glob, with their sizes in bytes.
+
+    When the pattern's split has a manifest (`manifest.read_manifest(pattern)`),
+    only the matching shards that it lists are used, in its order (the
+    conversion order): other matches are leftovers of an interrupted
+    conversion, or of the previous one while a conversion is publishing (see
+    `convert`). Without a manifest (TFRecords made elsewhere), every match is
+    used, sorted by name.
 
     Args:
       pattern: a file glob such as `DIR/train-*.tfrecord` (or one file).
@@ -26,12 +37,40 @@ def list_shards(pattern):
       (list of file names, list of sizes in bytes).
 
     Raises:
-      FileNotFoundError: nothing matches.
+      FileNotFoundError: nothing matches; or a shard that the manifest lists
+        and the pattern matches is missing; or the manifest lists none of the
+        matches.
+      ValueError: the manifest is not one of this format.
     """
     files = sorted(tf.io.gfile.glob(pattern))
+    try:
+        manifest = manifest_lib.read_manifest(pattern)
+    except FileNotFoundError:
+        manifest = None  # TFRecords made elsewhere: every match is a shard.
+    if manifest is not None:
+        files = _listed_shards(pattern, files, manifest)
     if not files:
         raise FileNotFoundError(f"no TFRecord shards match {pattern}")
     return files, [tf.io.gfile.stat(f).length for f in files]
+
+
+def _listed_shards(pattern, files, manifest):
+    """The shards that `manifest` lists among `files`, the matches of `pattern`."""
+    directory, base = os.path.split(pattern)
+    where = manifest_lib.manifest_path(directory, manifest["split"])
+    listed = [s["file"] for s in manifest["shards"] if fnmatch.fnmatchcase(s["file"], base)]
+    found = {os.path.basename(f) for f in files}
+    missing = [name for name in listed if name not in found]
+    if missing:
+        raise FileNotFoundError(
+            f"{os.path.join(directory, missing[0])}: missing, but listed by {where} "
+            f"({len(missing)} of its {len(manifest['shards'])} shards missing; convert "
+            "the split again)")
+    if files and not listed:
+        raise FileNotFoundError(
+            f"{pattern}: {len(files)} file(s) match, but {where} lists none of them "
+            "(left by an interrupted conversion?)")
+    return [os.path.join(directory, name) for name in listed]
 
 
 def checked_records(filename, size):
