@@ -43,3 +43,10 @@ KEY_WIDTH = "image/width"
 KEY_CHANNELS = "image/channels"
 KEY_LABEL = "image/segmentation/class/encoded"
 KEY_LABEL_FORMAT = "image/segmentation/class/format"
+
+# Keys of a training batch (`data.pipeline.make_train_dataset`), read by the
+# methods' train_step and the callbacks.
+SOURCE_IMAGE = "source_image"
+SOURCE_LABEL = "source_label"
+TARGET_IMAGE = "target_image"
+DOMAIN_IMAGE = {"source": SOURCE_IMAGE, "target": TARGET_IMAGE}

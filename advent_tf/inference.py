@@ -13,6 +13,7 @@ import tensorflow as tf
 from advent_tf import evaluation
 from advent_tf import losses
 from advent_tf import preprocessing
+from advent_tf import xla
 from advent_tf.data import transforms
 
 
@@ -54,12 +55,11 @@ def segment(logits):
        "probabilities": float32 [B, H, W, C]}.
     """
     probabilities = tf.nn.softmax(logits, axis=-1)
-    # The losses compile eq. 2 with XLA; exported graphs must run without it
-    # (TF Serving disables XLA on CPU unless --xla_cpu_compilation_enabled),
-    # so the same formula is taken uncompiled.
-    self_information = losses.self_information_map.python_function(probabilities)
+    # Exported graphs must run without XLA (see `xla.uncompiled`).
+    with xla.uncompiled():
+        entropy = losses.entropy_map(probabilities)
     return {
         "class_map": tf.argmax(logits, axis=-1, output_type=tf.int32),
-        "entropy": tf.reduce_sum(self_information, axis=-1),
+        "entropy": entropy,
         "probabilities": probabilities,
     }

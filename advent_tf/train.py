@@ -3,9 +3,12 @@
     python -m advent_tf.train --flagfile=configs/gta.flags
 
 Every option is an absl flag; configs/*.flags hold the paper's experiments.
-A rerun of the same command resumes from the newest checkpoint in --train_dir.
+The flags are parsed once into a `config.ExperimentConfig`, which the run
+records in --train_dir (config.json and run.flags). A rerun of the same
+command resumes from the newest checkpoint in --train_dir.
 """
 
+import dataclasses
 import os
 
 import keras
@@ -15,129 +18,154 @@ from absl import flags
 from absl import logging
 
 from advent_tf import checkpoint_io
-from advent_tf import cli
+from advent_tf import config as config_lib
 from advent_tf import evaluation
+from advent_tf import factory
 from advent_tf import metrics
-from advent_tf import methods
 from advent_tf import models
-from advent_tf import optimizers
-from advent_tf import schedules
 from advent_tf.data import demo
+from advent_tf.data import labels as labels_lib
 from advent_tf.data import manifest as manifest_lib
 from advent_tf.data import pipeline
 from advent_tf.training import callbacks
 from advent_tf.training import checkpoints
-from advent_tf.training import run_flags
+from advent_tf.training import run_dir
 
+_DEFAULT = config_lib.ExperimentConfig()
+
+
+def _size_default(size):
+    return [str(v) for v in size]
+
+
+# Every flag sets the `config` field of its name; defaults are the config's.
 # -- Data ------------------------------------------------------------------
-_SOURCE = flags.DEFINE_string("source_pattern", None, "Glob of the source TFRecord shards (labelled).")
-_TARGET = flags.DEFINE_string("target_pattern", None, "Glob of the target TFRecord shards.")
-_SOURCE_SIZE = flags.DEFINE_list("source_size", ["1280", "720"],
-                                 "Source training size WIDTH,HEIGHT (reference GTA5: 1280,720).")
-_TARGET_SIZE = flags.DEFINE_list("target_size", ["1024", "512"],
-                                 "Target training size WIDTH,HEIGHT (reference: 1024,512).")
-_AUGMENT = flags.DEFINE_bool("augment", False, "Random scale/crop/flip (off in the reference).")
-_DEMO_DIR = flags.DEFINE_string(
-    "demo_data_dir", None, "If set, the built-in demo data is generated there when missing.")
-_EVAL_PATTERN = flags.DEFINE_string(
-    "eval_pattern", None, "Labelled target split to score once training ends (optional).")
-_EVAL_EVERY = flags.DEFINE_integer(
-    "eval_every", 0, "Also score --eval_pattern every this many steps (0 = only at the end); "
-    "mIoU goes to TensorBoard.", lower_bound=0)
-_EVAL_SIZE = flags.DEFINE_list("eval_size", ["1024", "512"],
-                               "Evaluation input size WIDTH,HEIGHT (reference: 1024,512).")
+flags.DEFINE_string("source_pattern", None, "Glob of the source TFRecord shards (labelled).")
+flags.DEFINE_string("target_pattern", None, "Glob of the target TFRecord shards.")
+flags.DEFINE_list("source_size", _size_default(_DEFAULT.data.source_size),
+                  "Source training size WIDTH,HEIGHT (reference GTA5: 1280,720).")
+flags.DEFINE_list("target_size", _size_default(_DEFAULT.data.target_size),
+                  "Target training size WIDTH,HEIGHT (reference: 1024,512).")
+flags.DEFINE_bool("augment", _DEFAULT.data.augment,
+                  "Random scale/crop/flip (off in the reference).")
+flags.DEFINE_string("demo_data_dir", None,
+                    "If set, the built-in demo data is generated there when missing.")
+flags.DEFINE_string("eval_pattern", None,
+                    "Labelled target split to score once training ends (optional).")
+flags.DEFINE_integer("eval_every", _DEFAULT.data.eval_every,
+                     "Also score --eval_pattern every this many steps (0 = only at the end); "
+                     "mIoU goes to TensorBoard.", lower_bound=0)
+flags.DEFINE_list("eval_size", _size_default(_DEFAULT.data.eval_size),
+                  "Evaluation input size WIDTH,HEIGHT (reference: 1024,512); evaluate, "
+                  "predict and export read it from the run.")
 
 # -- Model -----------------------------------------------------------------
-_BACKBONE = flags.DEFINE_enum("backbone", "resnet101",
-                              list(models.BACKBONES), "Backbone.")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 19, "19 (GTA5) or 16 (SYNTHIA).", lower_bound=2)
-_MULTI_LEVEL = flags.DEFINE_bool("multi_level", True, "Auxiliary head on layer3 (reference).")
-_BN_MODE = flags.DEFINE_enum("bn_mode", "reference", ["reference", "frozen"],
-                             "reference: batch statistics in training, affine frozen; "
-                             "frozen: running statistics always.")
-_INIT = flags.DEFINE_string(
+flags.DEFINE_enum("backbone", _DEFAULT.model.backbone, list(models.BACKBONES), "Backbone.")
+flags.DEFINE_integer("num_classes", _DEFAULT.model.num_classes,
+                     "Number of classes: 19 (GTA5), 16 (SYNTHIA), or any count from 2 of "
+                     "your own data (its manifest's class names are used).", lower_bound=2)
+flags.DEFINE_bool("multi_level", _DEFAULT.model.multi_level,
+                  "Auxiliary head on layer3 (reference).")
+flags.DEFINE_enum("bn_mode", _DEFAULT.model.bn_mode, list(config_lib.BN_MODES),
+                  "reference: batch statistics in training, affine frozen; "
+                  "frozen: running statistics always.")
+flags.DEFINE_string(
     "init_checkpoint", None, "Initial segmenter weights: a .weights.h5 of "
     "tools/convert_pytorch_checkpoint.py (the ImageNet initialisation or a released model), "
     "or a training checkpoint (a ckpt-N prefix or a train_dir: its newest). Every weight of "
     "the segmenter must be in it. Ignored when --train_dir already holds a checkpoint.")
 
 # -- Method ----------------------------------------------------------------
-_METHOD = flags.DEFINE_enum("method", "advent", ["source_only", "minent", "advent"],
-                            "Training method.")
-_TOP_FRACTION = flags.DEFINE_float(
+flags.DEFINE_enum("method", _DEFAULT.method.method, list(config_lib.METHODS), "Training method.")
+flags.DEFINE_float(
     "entropy_top_fraction", None, "MinEnt+ER: keep this fraction of highest-entropy target "
-    "pixels per sample (0.3 in the paper); unset = plain MinEnt.", lower_bound=0.0,
-    upper_bound=1.0)
-_PRIOR = flags.DEFINE_string("class_prior", None,
-                             "JSON class-ratio prior p_s (tools/compute_class_prior.py): "
-                             "enables CP (eq. 10).")
-_MU = flags.DEFINE_float("prior_mu", 0.5, "mu of the class-ratio prior (eq. 10).", lower_bound=0.0)
-_LAMBDAS = {name: flags.DEFINE_float(f"lambda_{name}", getattr(methods.LossWeights, name),
-                                     f"Loss weight {name}.", lower_bound=0.0)
-            for name in ("seg_main", "seg_aux", "ent_main", "ent_aux", "adv_main", "adv_aux",
-                         "cp")}
+    "pixels per sample (0.3 in the paper); unset = plain MinEnt.")
+flags.DEFINE_string("class_prior", None,
+                    "JSON class-ratio prior p_s (tools/compute_class_prior.py): "
+                    "enables CP (eq. 10); MinEnt or AdvEnt only.")
+flags.DEFINE_float("prior_mu", _DEFAULT.method.prior_mu,
+                   "mu of the class-ratio prior (eq. 10); needs --class_prior.", lower_bound=0.0)
+for _name, _help in (("seg_main", "source cross-entropy, main head"),
+                     ("seg_aux", "source cross-entropy, auxiliary head"),
+                     ("ent_main", "MinEnt entropy, main head (minent only)"),
+                     ("ent_aux", "MinEnt entropy, auxiliary head (minent only)"),
+                     ("adv_main", "AdvEnt adversarial term, main head (advent only)"),
+                     ("adv_aux", "AdvEnt adversarial term, auxiliary head (advent only)"),
+                     ("cp", "class-ratio prior (needs --class_prior)")):
+    flags.DEFINE_float(f"lambda_{_name}", getattr(_DEFAULT.method, f"lambda_{_name}"),
+                       f"Loss weight: {_help}.", lower_bound=0.0)
 
 # -- Optimisation -----------------------------------------------------------
-_LR = flags.DEFINE_float("learning_rate", 2.5e-4, "Segmenter SGD base LR.", lower_bound=0.0)
-_LR_D = flags.DEFINE_float("learning_rate_d", 1e-4, "Discriminator Adam base LR.", lower_bound=0.0)
-_MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0, upper_bound=1.0)
-_WD = flags.DEFINE_float("weight_decay", 5e-4, "SGD weight decay (PyTorch-style, coupled).",
-                         lower_bound=0.0)
-_POWER = flags.DEFINE_float("power", 0.9, "Poly schedule power.", lower_bound=0.0)
-_HORIZON = flags.DEFINE_integer("lr_horizon", 250000, "Poly schedule horizon (steps).",
-                                lower_bound=1)
-_STEPS = flags.DEFINE_integer("num_steps", 120000, "Training stops here (reference: 120000).",
-                              lower_bound=1)
-_HEAD_MULT = flags.DEFINE_float("head_lr_multiplier", 10.0, "LR multiplier of the ASPP heads.",
-                                lower_bound=0.0)
-_REPEATS = flags.DEFINE_string(
-    "backbone_update_repeats", "1",
+flags.DEFINE_float("learning_rate", _DEFAULT.optim.learning_rate, "Segmenter SGD base LR.",
+                   lower_bound=0.0)
+flags.DEFINE_float("learning_rate_d", _DEFAULT.optim.learning_rate_d,
+                   "Discriminator Adam base LR (advent only).", lower_bound=0.0)
+flags.DEFINE_float("momentum", _DEFAULT.optim.momentum, "SGD momentum.", lower_bound=0.0,
+                   upper_bound=1.0)
+flags.DEFINE_float("weight_decay", _DEFAULT.optim.weight_decay,
+                   "SGD weight decay (PyTorch-style, coupled).", lower_bound=0.0)
+flags.DEFINE_float("power", _DEFAULT.optim.power, "Poly schedule power.", lower_bound=0.0)
+flags.DEFINE_integer("lr_horizon", _DEFAULT.optim.lr_horizon, "Poly schedule horizon (steps).",
+                     lower_bound=1)
+flags.DEFINE_float("head_lr_multiplier", _DEFAULT.optim.head_lr_multiplier,
+                   "LR multiplier of the ASPP heads.", lower_bound=0.0)
+flags.DEFINE_string(
+    "backbone_update_repeats", _DEFAULT.optim.backbone_update_repeats,
     "SGD updates per step of each backbone tensor. 'reference' emulates the reference's "
     "duplicated parameter list under torch 0.4.1 exactly: each tensor updated as often as "
     "it is listed (stem conv 1, block convs 3, projection convs 4; ResNet only); a positive "
     "integer applies that many to every backbone tensor; 1 is current PyTorch with each "
     "tensor listed once.")
-flags.register_validator(
-    "backbone_update_repeats",
-    lambda value: value == "reference" or (value.isdigit() and int(value) >= 1),
-    message="--backbone_update_repeats must be 'reference' or a positive integer")
-_BATCH = flags.DEFINE_integer("batch_size", 1, "Global batch (source and target each).",
-                              lower_bound=1)
+flags.DEFINE_integer("batch_size", _DEFAULT.optim.batch_size,
+                     "Global batch (source and target each).", lower_bound=1)
 
 # -- Run -------------------------------------------------------------------
-_TRAIN_DIR = flags.DEFINE_string("train_dir", None, "Checkpoints and TensorBoard logs.")
-_CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 2000, "Checkpoint period (steps).",
-                                   lower_bound=1)
-_KEEP = flags.DEFINE_integer("keep_checkpoints", 0, "Checkpoints kept (0 = all, for --mode=best).",
-                             lower_bound=0)
-_LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Log/scalar period (steps).", lower_bound=1)
-_IMAGE_EVERY = flags.DEFINE_integer("image_summary_every", 500,
-                                    "TensorBoard image period (steps), 0 = never.", lower_bound=0)
-_STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
-                              "tf.distribute strategy (multi_worker reads TF_CONFIG).")
-_JIT = flags.DEFINE_bool("jit_compile", False, "XLA-compile the whole train step.")
-_PRECISION = flags.DEFINE_enum("mixed_precision", "float32",
-                               ["float32", "mixed_bfloat16", "mixed_float16"],
-                               "Keras dtype policy.")
-_SEED = flags.DEFINE_integer("seed", 1234, "Random seed (weights init and data order).")
-_DETERMINISTIC = flags.DEFINE_bool(
-    "deterministic", False, "Deterministic TF ops (tf.config.experimental."
-    "enable_op_determinism); a little slower.")
+flags.DEFINE_string("train_dir", None, "Checkpoints, TensorBoard logs and the run's record "
+                    "(config.json, run.flags) that evaluate, predict and export read.")
+flags.DEFINE_integer("num_steps", _DEFAULT.run.num_steps,
+                     "Training stops here (reference: 120000).", lower_bound=1)
+flags.DEFINE_integer("checkpoint_every", _DEFAULT.run.checkpoint_every,
+                     "Checkpoint period (steps).", lower_bound=1)
+flags.DEFINE_integer("keep_checkpoints", _DEFAULT.run.keep_checkpoints,
+                     "Checkpoints kept (0 = all, for --mode=best).", lower_bound=0)
+flags.DEFINE_integer("log_every", _DEFAULT.run.log_every, "Log/scalar period (steps).",
+                     lower_bound=1)
+flags.DEFINE_integer("image_summary_every", _DEFAULT.run.image_summary_every,
+                     "TensorBoard image period (steps), 0 = never.", lower_bound=0)
+flags.DEFINE_enum("strategy", _DEFAULT.run.strategy, list(config_lib.STRATEGIES),
+                  "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_bool("jit_compile", _DEFAULT.run.jit_compile, "XLA-compile the whole train step.")
+flags.DEFINE_enum("mixed_precision", _DEFAULT.run.mixed_precision, list(config_lib.PRECISIONS),
+                  "Keras dtype policy.")
+flags.DEFINE_integer("seed", _DEFAULT.run.seed, "Random seed (weights init and data order).")
+flags.DEFINE_bool("deterministic", _DEFAULT.run.deterministic,
+                  "Deterministic TF ops (tf.config.experimental.enable_op_determinism); "
+                  "a little slower.")
 
 flags.mark_flags_as_required(["source_pattern", "target_pattern", "train_dir"])
 
-_ALL_FLAGS = [holder for holder in list(globals().values()) + list(_LAMBDAS.values())
-              if isinstance(holder, flags.FlagHolder)]
-# A resumed run must keep these: they define what is learnt (the checkpoint
-# alone cannot tell MinEnt from source-only, or one loss weighting from another).
-_EXPERIMENT_FLAGS = [_METHOD, _TOP_FRACTION, _PRIOR, _MU, *_LAMBDAS.values(), _BACKBONE,
-                     _NUM_CLASSES, _MULTI_LEVEL, _BN_MODE]
-# These say how a run executes, not what it learns: they change on resume silently
-# (--init_checkpoint is overridden by the restored checkpoint anyway). Any
-# other change (schedule, data, precision) is allowed with a warning.
-_EXECUTION_FLAGS = [_TRAIN_DIR, _DEMO_DIR, _INIT, _STEPS, _CKPT_EVERY, _KEEP, _LOG_EVERY,
-                    _IMAGE_EVERY, _EVAL_PATTERN, _EVAL_EVERY, _EVAL_SIZE, _STRATEGY, _JIT,
-                    _DETERMINISTIC]
+_SIZE_FLAGS = ("source_size", "target_size", "eval_size")
+
+
+def config_from_flags():
+    """The `config.ExperimentConfig` of the parsed flags (class names still unset).
+
+    Raises:
+      app.UsageError: a malformed size or a combination that cannot apply,
+        naming the flags.
+    """
+    values = {}
+    try:
+        for name in config_lib.field_names():
+            if name in _SIZE_FLAGS:
+                values[name] = config_lib.parse_size(flags.FLAGS[name].value, name)
+            elif name in flags.FLAGS:
+                values[name] = flags.FLAGS[name].value
+        cfg = config_lib.from_values(values)
+        config_lib.validate(cfg)
+    except config_lib.ConfigError as error:
+        raise app.UsageError(str(error)) from error
+    return cfg
 
 
 def load_class_prior(path, num_classes):
@@ -160,74 +188,18 @@ def make_strategy(name):
     return tf.distribute.get_strategy()
 
 
-def _poly(base_lr, multiplier=1.0):
-    return schedules.PolySchedule(base_lr, horizon=_HORIZON.value, power=_POWER.value,
-                                  multiplier=multiplier)
+def _validate_data(cfg):
+    """Checks shards exist and that their manifests agree with --num_classes.
 
-
-def _maybe_loss_scale(optimizer):
-    """float16 needs dynamic loss scaling; bfloat16 and float32 do not."""
-    if _PRECISION.value == "mixed_float16":
-        return keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-def build_method(class_prior, init_checkpoint=None):
-    """Builds segmenter, discriminators, optimizers and the compiled method.
-
-    Must be called inside the strategy scope.
-
-    Args:
-      class_prior: p_s for the class-ratio prior, or None.
-      init_checkpoint: initial segmenter weights (a path `checkpoint_io.resolve`
-        returned), or None for the random initialisation.
+    Returns:
+      The config with the class names of the labelled source split (or the
+      default names of its class count when the split has no manifest).
     """
-    keras.utils.set_random_seed(_SEED.value)
-    segmenter = models.build_segmenter(_BACKBONE.value, _NUM_CLASSES.value, _MULTI_LEVEL.value,
-                                       _BN_MODE.value)
-    if init_checkpoint:
-        try:
-            checkpoint_io.load_weights(segmenter, init_checkpoint)
-        except checkpoint_io.CheckpointError as error:
-            raise app.UsageError(
-                f"--init_checkpoint: {error} (the segmenter of these flags is "
-                f"{_BACKBONE.value}, {_NUM_CLASSES.value} classes, "
-                f"{'multi' if _MULTI_LEVEL.value else 'single'}-level)") from error
-    sgd = optimizers.TorchSGD(learning_rate=_poly(_LR.value), momentum=_MOMENTUM.value,
-                              weight_decay=_WD.value)
-    sgd.set_lr_multiplier(models.head_variables(segmenter), _HEAD_MULT.value)
-    if _REPEATS.value == "reference":
-        for variable, count in models.reference_update_repeats(segmenter):
-            sgd.set_update_repeats([variable], count)
-    else:
-        sgd.set_update_repeats(models.backbone_variables(segmenter), int(_REPEATS.value))
-    kwargs = dict(weights=methods.LossWeights(**{k: v.value for k, v in _LAMBDAS.items()}),
-                  class_prior=class_prior, prior_mu=_MU.value)
-    compile_kwargs = dict(jit_compile=_JIT.value)
-    if _METHOD.value == "advent":
-        def discriminator_and_adam(name):
-            # Reference: Adam(lr 1e-4, betas (0.9, 0.99)) on the same poly schedule.
-            return (models.build_discriminator(_NUM_CLASSES.value, name=name),
-                    _maybe_loss_scale(optimizers.TorchAdam(_poly(_LR_D.value), beta_1=0.9,
-                                                            beta_2=0.99, epsilon=1e-8)))
-        d_main, adam_main = discriminator_and_adam("discriminator_main")
-        d_aux, adam_aux = (discriminator_and_adam("discriminator_aux") if _MULTI_LEVEL.value
-                           else (None, None))
-        method = methods.AdvEnt(segmenter, d_main, d_aux, **kwargs)
-        method.compile(_maybe_loss_scale(sgd), adam_main, adam_aux, **compile_kwargs)
-    else:
-        if _METHOD.value == "minent":
-            method = methods.MinEnt(segmenter, entropy_top_fraction=_TOP_FRACTION.value, **kwargs)
-        else:
-            method = methods.SourceOnly(segmenter, **kwargs)
-        method.compile(_maybe_loss_scale(sgd), **compile_kwargs)
-    return method
-
-
-def _validate_data():
-    """Checks shards exist and that their manifests agree with --num_classes."""
-    for flag, pattern in (("source_pattern", _SOURCE.value), ("target_pattern", _TARGET.value),
-                          ("eval_pattern", _EVAL_PATTERN.value)):
+    num_classes = cfg.model.num_classes
+    class_names = None
+    for flag, pattern in (("source_pattern", cfg.data.source_pattern),
+                          ("target_pattern", cfg.data.target_pattern),
+                          ("eval_pattern", cfg.data.eval_pattern)):
         if pattern is None:
             continue
         if not tf.io.gfile.glob(pattern):
@@ -238,130 +210,139 @@ def _validate_data():
             logging.warning("--%s=%s has no manifest: class count not checked", flag, pattern)
             continue
         # An unlabelled target split carries no class ids to disagree with.
-        if manifest["has_labels"] and manifest["num_classes"] != _NUM_CLASSES.value:
+        if manifest["has_labels"] and manifest["num_classes"] != num_classes:
             raise app.UsageError(
                 f"--{flag} data has {manifest['num_classes']} classes (manifest of {pattern}) "
-                f"but --num_classes={_NUM_CLASSES.value}")
+                f"but --num_classes={num_classes}")
+        if flag == "source_pattern" and manifest["has_labels"]:
+            class_names = manifest["class_names"]
+    names = tuple(class_names or labels_lib.default_class_names(num_classes))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, class_names=names))
 
 
-def _resuming():
+def _resuming(train_dir):
     """Whether --train_dir holds a checkpoint to resume from."""
-    ckpt_dir = checkpoints.checkpoint_dir(_TRAIN_DIR.value)
+    ckpt_dir = checkpoints.checkpoint_dir(train_dir)
     return bool(tf.io.gfile.glob(os.path.join(ckpt_dir, "ckpt-*.index")))
 
 
-def _check_resumed_flags():
-    """Refuses to resume --train_dir as another experiment (before anything is built)."""
-    if checkpoints.is_chief():
-        try:
-            run_flags.check_resume(_TRAIN_DIR.value, _ALL_FLAGS,
-                                   [h.name for h in _EXPERIMENT_FLAGS],
-                                   [h.name for h in _EXECUTION_FLAGS])
-        except run_flags.FlagChangeError as error:
-            raise app.UsageError(f"--train_dir={_TRAIN_DIR.value}: {error}") from error
+def _init_segmenter(segmenter, path, model):
+    try:
+        checkpoint_io.load_weights(segmenter, path)
+    except checkpoint_io.CheckpointError as error:
+        raise app.UsageError(
+            f"--init_checkpoint: {error} (the segmenter of these flags is {model.backbone}, "
+            f"{model.num_classes} classes, {'multi' if model.multi_level else 'single'}"
+            "-level)") from error
 
 
-def _flags_markdown():
-    return "\n".join(f"    {line}" for line in flags.FLAGS.flags_into_string().splitlines()
-                     if not line.startswith("--flagfile"))
+def _config_markdown(cfg):
+    return "\n".join(f"    {line}" for line in config_lib.to_flag_lines(cfg))
 
 
-def run():
-    """Trains according to the parsed flags; returns the trained method."""
-    if _DEMO_DIR.value:
-        demo.ensure_demo_data(_DEMO_DIR.value)
-    if _METHOD.value != "minent" and _TOP_FRACTION.value is not None:
-        raise app.UsageError("--entropy_top_fraction (ER) applies to --method=minent only")
-    if _REPEATS.value == "reference" and not _BACKBONE.value.startswith("resnet"):
-        raise app.UsageError("--backbone_update_repeats=reference: the reference code has no "
-                             f"{_BACKBONE.value} (its parameter listing is the ResNet's)")
-    resuming = _resuming()
+def run(cfg):
+    """Trains the run of an `ExperimentConfig`; returns the trained method."""
+    train_dir = cfg.run.train_dir
+    if cfg.data.demo_data_dir:
+        demo.ensure_demo_data(cfg.data.demo_data_dir)
+    resuming = _resuming(train_dir)
     # A resumed run restores its checkpoint over any initialisation: the
     # init file is not needed then (it may have been moved since).
     init_checkpoint = None
-    if _INIT.value and not resuming:
+    if cfg.run.init_checkpoint and not resuming:
         try:
-            init_checkpoint = checkpoint_io.resolve(_INIT.value)
+            init_checkpoint = checkpoint_io.resolve(cfg.run.init_checkpoint)
         except FileNotFoundError as error:
             raise app.UsageError(f"--init_checkpoint: {error}") from error
-    _validate_data()
-    if resuming:
-        _check_resumed_flags()
-    class_prior = load_class_prior(_PRIOR.value, _NUM_CLASSES.value) if _PRIOR.value else None
-    source_size = cli.parse_size(_SOURCE_SIZE.value, "source_size")
-    target_size = cli.parse_size(_TARGET_SIZE.value, "target_size")
-    keras.mixed_precision.set_global_policy(_PRECISION.value)
-    if _DETERMINISTIC.value:
+    cfg = _validate_data(cfg)
+    if resuming and checkpoints.is_chief():
+        try:
+            run_dir.check_resume(train_dir, cfg)
+        except config_lib.ConfigError as error:
+            raise app.UsageError(str(error)) from error
+    model_cfg = cfg.model
+    class_prior = (load_class_prior(cfg.method.class_prior, model_cfg.num_classes)
+                   if cfg.method.class_prior else None)
+    keras.mixed_precision.set_global_policy(cfg.run.mixed_precision)
+    if cfg.run.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    strategy = make_strategy(_STRATEGY.value)
-    if _BATCH.value % strategy.num_replicas_in_sync:
-        raise app.UsageError(f"--batch_size={_BATCH.value} must be a multiple of the "
+    strategy = make_strategy(cfg.run.strategy)
+    batch_size = cfg.optim.batch_size
+    if batch_size % strategy.num_replicas_in_sync:
+        raise app.UsageError(f"--batch_size={batch_size} must be a multiple of the "
                              f"{strategy.num_replicas_in_sync} replicas")
     with strategy.scope():
-        method = build_method(class_prior, init_checkpoint)
+        method = factory.build_method(cfg, class_prior)
+        if init_checkpoint:
+            _init_segmenter(method.segmenter, init_checkpoint, model_cfg)
         checkpoint = checkpoints.make_checkpoint(method)
-    manager = tf.train.CheckpointManager(checkpoint, checkpoints.checkpoint_dir(_TRAIN_DIR.value),
-                                         max_to_keep=_KEEP.value or None)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoints.checkpoint_dir(train_dir),
+                                         max_to_keep=cfg.run.keep_checkpoints or None)
     try:
         checkpoints.restore_latest(checkpoint, manager)
     except (checkpoints.CheckpointMismatchError, checkpoints.NoReadableCheckpointError) as error:
-        raise app.UsageError(f"--train_dir={_TRAIN_DIR.value}: {error}") from error
+        raise app.UsageError(f"--train_dir={train_dir}: {error}") from error
     # Recorded only now: a run refused above must not replace the record.
     if checkpoints.is_chief():
-        run_flags.write(_TRAIN_DIR.value, _ALL_FLAGS)
+        run_dir.write(train_dir, cfg)
 
-    def step():
-        return int(method.optimizer.iterations.numpy())
-
-    start = step()
-    if start >= _STEPS.value:
-        logging.info("Already trained to step %d (--num_steps=%d).", start, _STEPS.value)
+    start = int(method.optimizer.iterations.numpy())
+    num_steps = cfg.run.num_steps
+    if start >= num_steps:
+        logging.info("Already trained to step %d (--num_steps=%d).", start, num_steps)
     else:
         # Resuming reseeds the streams with the step: the order differs from an
         # uninterrupted run's, but no sample sequence is replayed (see README).
         dataset = pipeline.make_train_dataset(
-            _SOURCE.value, _TARGET.value, source_size, target_size, _BATCH.value,
-            seed=_SEED.value + start, augment=_AUGMENT.value)
-        sample = next(iter(dataset))
-        log_dir = os.path.join(_TRAIN_DIR.value, "logs")
-        cbs = [callbacks.NonFiniteGuard(step, manager.directory),
-               checkpoints.CheckpointCallback(manager, _CKPT_EVERY.value, step,
-                                           method.weights),
-               callbacks.ProgressLogger(step, _STEPS.value, _LOG_EVERY.value)]
-        if checkpoints.is_chief():
-            cbs.append(callbacks.TensorBoardSummaries(log_dir, step, sample, _LOG_EVERY.value,
-                                                      _IMAGE_EVERY.value, _flags_markdown()))
-            if _EVAL_EVERY.value and _EVAL_PATTERN.value:
-                cbs.append(callbacks.PeriodicEvaluation(
-                    _EVAL_EVERY.value, _eval_dataset, _NUM_CLASSES.value, log_dir, step))
-        cbs.append(callbacks.StopAtStep(step, _STEPS.value))
-        # Keras distributes the dataset itself over the strategy the model was built in.
-        # The dataset is infinite and the epoch open-ended: StopAtStep ends it
-        # at --num_steps applied updates (float16 loss scaling may skip some).
-        method.fit(dataset, epochs=1, steps_per_epoch=None, verbose=0, callbacks=cbs)
-    if _EVAL_PATTERN.value:
-        _final_evaluation(method)
+            cfg.data.source_pattern, cfg.data.target_pattern, config_lib.hw(cfg.data.source_size),
+            config_lib.hw(cfg.data.target_size), batch_size, seed=cfg.run.seed + start,
+            augment=cfg.data.augment)
+        method.fit(dataset, epochs=1, steps_per_epoch=None, verbose=0,
+                   callbacks=_callbacks(cfg, method, manager, next(iter(dataset))))
+    if cfg.data.eval_pattern:
+        _final_evaluation(method, cfg)
     return method
 
 
-def _eval_dataset():
-    return pipeline.make_eval_dataset(_EVAL_PATTERN.value,
-                                      cli.parse_size(_EVAL_SIZE.value, "eval_size"))
+def _callbacks(cfg, method, manager, sample):
+    """The callbacks of `fit`, in the order they must run."""
+    run_cfg = cfg.run
+    cbs = [callbacks.NonFiniteGuard(manager.directory),
+           checkpoints.CheckpointCallback(manager, run_cfg.checkpoint_every, method.weights),
+           callbacks.ProgressLogger(run_cfg.num_steps, run_cfg.log_every)]
+    if checkpoints.is_chief():
+        # One summary writer per run: training scalars, images and evaluation.
+        writer = tf.summary.create_file_writer(os.path.join(run_cfg.train_dir, "logs"))
+        cbs.append(callbacks.TensorBoardSummaries(
+            writer, sample, run_cfg.log_every, run_cfg.image_summary_every,
+            _config_markdown(cfg), cfg.model.num_classes))
+        if cfg.data.eval_every:
+            cbs.append(callbacks.PeriodicEvaluation(
+                cfg.data.eval_every, lambda: _eval_dataset(cfg), cfg.model.class_names, writer))
+    # Keras distributes the dataset itself over the strategy the model was built in.
+    # The dataset is infinite and the epoch open-ended: StopAtStep ends it
+    # at --num_steps applied updates (float16 loss scaling may skip some).
+    cbs.append(callbacks.StopAtStep(run_cfg.num_steps))
+    return cbs
 
 
-def _final_evaluation(method):
-    hist = evaluation.evaluate([(method.segmenter, 1.0)], _eval_dataset(), _NUM_CLASSES.value)
-    names = manifest_lib.read_manifest(_EVAL_PATTERN.value)["class_names"]
-    table = metrics.format_iou_table(hist, names)
-    print(f"\nTarget evaluation ({_EVAL_PATTERN.value}) after {_METHOD.value}:\n{table}",
+def _eval_dataset(cfg):
+    return pipeline.make_eval_dataset(cfg.data.eval_pattern, config_lib.hw(cfg.data.eval_size))
+
+
+def _final_evaluation(method, cfg):
+    hist = evaluation.evaluate([(method.segmenter, 1.0)], _eval_dataset(cfg),
+                               cfg.model.num_classes)
+    table = metrics.format_iou_table(hist, cfg.model.class_names)
+    print(f"\nTarget evaluation ({cfg.data.eval_pattern}) after {cfg.method.method}:\n{table}",
           flush=True)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run()
+    run(config_from_flags())
 
 
 if __name__ == "__main__":

@@ -9,9 +9,16 @@ step (measured: 4 compilations for 4 calls; TF_CPP_VMODULE=device_compiler=3
 lists the arguments as ``kind=constant-resource``). `compiled` therefore
 inlines the plain Python function when the caller is already being compiled
 by XLA, and calls the compiled `tf.function` otherwise.
+
+Graphs that must run without XLA (an exported SavedModel: TF Serving
+disables XLA on CPU unless started with --xla_cpu_compilation_enabled) trace
+the same functions inside `uncompiled()`: one entry point per function,
+compiled or not depending on where it is traced.
 """
 
+import contextlib
 import functools
+import threading
 
 import tensorflow as tf
 
@@ -32,6 +39,20 @@ except ImportError:  # pragma: no cover - a TensorFlow without the helper.
         return False
 
 
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def uncompiled():
+    """Within this context (per thread), `compiled` functions run as plain TF ops."""
+    previous = getattr(_STATE, "uncompiled", False)
+    _STATE.uncompiled = True
+    try:
+        yield
+    finally:
+        _STATE.uncompiled = previous
+
+
 def compiled(function):
     """Decorator: `function` compiled with XLA, inlined into an enclosing XLA step.
 
@@ -39,16 +60,16 @@ def compiled(function):
       function: a Python function of tensors.
 
     Returns:
-      A callable with the same signature; `.python_function` is the original
-      (the attribute `tf.function` offers, which inference.py uses).
+      A callable with the same signature: the plain function inside an
+      XLA-compiled caller or `uncompiled()`, its XLA-compiled `tf.function`
+      elsewhere.
     """
     jit_function = tf.function(function, jit_compile=True)
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        if inside_xla():
+        if inside_xla() or getattr(_STATE, "uncompiled", False):
             return function(*args, **kwargs)
         return jit_function(*args, **kwargs)
 
-    wrapper.python_function = function
     return wrapper

@@ -15,9 +15,7 @@ import two_cpus
 
 MIRRORED = two_cpus.mirrored_strategy()
 
-import keras  # noqa: E402
-
-from advent_tf import methods, models, optimizers, schedules  # noqa: E402
+from advent_tf import config, factory  # noqa: E402
 
 D_LEARNING_RATE = 1e-4
 
@@ -32,23 +30,14 @@ def _batch():
 
 
 def train(strategy, method_name):
+    # Frozen BN: with batch statistics, 2 images on one device and 1 image
+    # per replica normalise differently by definition.
+    cfg = config.from_values(dict(
+        method=method_name, backbone="resnet_mini", num_classes=19, multi_level=True,
+        bn_mode="frozen", learning_rate=0.01, lr_horizon=100, seed=0,
+        learning_rate_d=D_LEARNING_RATE))
     with strategy.scope():
-        keras.utils.set_random_seed(0)
-        # Frozen BN: with batch statistics, 2 images on one device and 1 image
-        # per replica normalise differently by definition.
-        segmenter = models.build_segmenter("resnet_mini", 19, True, "frozen")
-        sgd = optimizers.TorchSGD(schedules.PolySchedule(0.01, horizon=100), momentum=0.9,
-                                  weight_decay=5e-4)
-        sgd.set_lr_multiplier(models.head_variables(segmenter), 10.0)
-        if method_name == "advent":
-            discs = [models.build_discriminator(19, name=n) for n in ("d_main", "d_aux")]
-            method = methods.AdvEnt(segmenter, *discs)
-            method.compile(sgd, *(optimizers.TorchAdam(D_LEARNING_RATE, beta_1=0.9, beta_2=0.99)
-                                  for _ in discs))
-        else:
-            method = {"source_only": methods.SourceOnly,
-                      "minent": methods.MinEnt}[method_name](segmenter)
-            method.compile(sgd)
+        method = factory.build_method(cfg)
     dataset = tf.data.Dataset.from_tensors(_batch()).repeat()
     method.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
     d_ids = {id(w) for d in (getattr(method, "discriminator_main", None),

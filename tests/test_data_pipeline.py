@@ -108,7 +108,7 @@ def test_damaged_shard_error_names_the_shard(data, tmp_path, damage):
     with open(shards[1], "wb") as f:
         f.write(bytes(content))
     dataset = pipeline.make_eval_dataset(str(tmp_path / "val-*.tfrecord"), STORED)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"val-00001-of-00002\.tfrecord"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"val-g1-00001-of-00002\.tfrecord"):
         _batches(dataset, 10)
     train = pipeline.make_train_dataset(str(tmp_path / "val-*.tfrecord"), data["target_train"],
                                         STORED, STORED, 1, seed=0)

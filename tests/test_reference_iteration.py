@@ -10,14 +10,14 @@ and discriminator weight afterwards. The second iteration's losses see the
 first's SGD (momentum, coupled weight decay, heads at 10x, poly schedule)
 and Adam updates and BN statistics.
 
-Hyper-parameters are the reference's except a larger learning rate and a
-short poly horizon, so that the updates are large enough to check and the
+Our side is built by `advent_tf.factory` from an `ExperimentConfig`, as
+`train` builds it. Hyper-parameters are the reference's except a larger
+learning rate and a short poly horizon, so that the updates are large enough to check and the
 schedule moves between the two steps. The backbone is listed once in the
 reference's SGD group (`deduplicate`): our default, see the README on the
 duplicated-parameter quirk.
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -25,7 +25,7 @@ import tensorflow as tf
 torch = pytest.importorskip("torch")
 import pytorch_reference  # noqa: E402  (tools/, on sys.path via conftest)
 
-from advent_tf import convert, methods, models, optimizers, schedules  # noqa: E402
+from advent_tf import config, convert, factory, models  # noqa: E402
 
 NUM_CLASSES = 7
 LEARNING_RATE = 2e-2
@@ -36,8 +36,14 @@ STEPS = 2
 RTOL = 2e-4
 
 
-def _poly(base_lr, multiplier=1.0):
-    return schedules.PolySchedule(base_lr, horizon=HORIZON, power=0.9, multiplier=multiplier)
+def _config(method):
+    """The experiment `train` would run for these flags (the factory builds it)."""
+    return config.from_values(dict(
+        method=method, backbone="resnet_mini", num_classes=NUM_CLASSES, multi_level=True,
+        bn_mode="reference", learning_rate=LEARNING_RATE,
+        learning_rate_d=LEARNING_RATE_D if method == "advent" else 1e-4,
+        lr_horizon=HORIZON, power=0.9, momentum=0.9, weight_decay=5e-4,
+        head_lr_multiplier=10.0, backbone_update_repeats="1"))
 
 
 def _batch(seed=0):
@@ -71,23 +77,15 @@ def _build_pair(method):
     if method == "advent":
         discriminators = (pytorch_reference.get_fc_discriminator(NUM_CLASSES),
                           pytorch_reference.get_fc_discriminator(NUM_CLASSES))
-    segmenter = models.build_segmenter("resnet_mini", NUM_CLASSES, True, "reference")
+    cfg = _config(method)
+    segmenter = factory.build_segmenter(cfg.model)
     convert.load_state_dict_into_model(
         segmenter, {k: v.numpy() for k, v in net.state_dict().items()})
-
-    sgd = optimizers.TorchSGD(learning_rate=_poly(LEARNING_RATE), momentum=0.9,
-                              weight_decay=5e-4)
-    sgd.set_lr_multiplier(models.head_variables(segmenter), 10.0)
+    copies = None
     if method == "advent":
-        d_main = _copy_discriminator(discriminators[0], "discriminator_main")
-        d_aux = _copy_discriminator(discriminators[1], "discriminator_aux")
-        ours = methods.AdvEnt(segmenter, d_main, d_aux)
-        adams = [optimizers.TorchAdam(_poly(LEARNING_RATE_D), beta_1=0.9, beta_2=0.99,
-                                       epsilon=1e-8) for _ in range(2)]
-        ours.compile(sgd, *adams)
-    else:
-        ours = {"minent": methods.MinEnt, "source_only": methods.SourceOnly}[method](segmenter)
-        ours.compile(sgd)
+        copies = (_copy_discriminator(discriminators[0], "discriminator_main"),
+                  _copy_discriminator(discriminators[1], "discriminator_aux"))
+    ours = factory.build_method(cfg, segmenter=segmenter, discriminators=copies)
     theirs = pytorch_reference.ReferenceTrainer(
         method, net, NUM_CLASSES, discriminators=discriminators, deduplicate=True,
         LEARNING_RATE=LEARNING_RATE, LEARNING_RATE_D=LEARNING_RATE_D, MAX_ITERS=HORIZON)

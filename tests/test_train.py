@@ -86,10 +86,12 @@ def test_tensorboard_has_scalars_images_flags_and_periodic_eval(patterns, tmp_pa
         eval_size="64,32", eval_every=1))
     assert result.returncode == 0, result.stderr[-3000:]
     tags = set()
-    for event_file in glob.glob(os.path.join(train_dir, "logs", "events.out.tfevents.*")):
+    event_files = glob.glob(os.path.join(train_dir, "logs", "events.out.tfevents.*"))
+    assert len(event_files) == 1, event_files  # one summary writer per run
+    for event_file in event_files:
         for event in tf.compat.v1.train.summary_iterator(event_file):
             tags.update(v.tag for v in event.summary.value)
-    for tag in ("loss_seg_main", "loss_ent_main", "loss_ent_aux", "lr", "flags", "source/input",
+    for tag in ("loss_seg_main", "loss_ent_main", "loss_ent_aux", "lr", "config", "source/input",
                 "source/prediction", "source/ground_truth", "target/prediction",
                 "target/entropy", "eval/mIoU", "eval/IoU/road"):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
@@ -102,7 +104,7 @@ def test_tensorboard_has_scalars_images_flags_and_periodic_eval(patterns, tmp_pa
     (dict(method="advent", entropy_top_fraction=0.3), "applies to --method=minent only"),
     (dict(source_size="64"), "--source_size must be WIDTH,HEIGHT"),
     (dict(learning_rate=-1), "learning_rate"),
-    (dict(backbone_update_repeats=0), "must be 'reference' or a positive integer"),
+    (dict(backbone_update_repeats=0), "--backbone_update_repeats=0: 'reference' or a positive"),
     (dict(backbone="vgg16", backbone_update_repeats="reference"),
      "the reference code has no vgg16"),
     (dict(init_checkpoint="/nonexistent/init.weights.h5"),
@@ -174,3 +176,12 @@ def test_configs_parse():
     lines = result.stdout.splitlines()
     assert any(l.endswith("synthia.flags advent 16") for l in lines), lines
     assert any(l.endswith("gta_minent_er.flags minent 19") for l in lines), lines
+    # And each is a valid experiment: config_from_flags refuses none of them.
+    script = ("import sys; from absl import flags; from advent_tf import train\n"
+              "for path in sys.argv[1:]:\n"
+              "    flags.FLAGS.unparse_flags(); flags.FLAGS(['train', '--flagfile=' + path])\n"
+              "    print(path, train.config_from_flags().method.method)\n")
+    result = subprocess.run([sys.executable, "-c", script, *configs], capture_output=True,
+                            text=True, cwd=root, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == len(configs)

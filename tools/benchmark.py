@@ -51,7 +51,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from advent_tf import cli  # absl only: TF stays unimported in the parent process
+from advent_tf import config as config_lib  # no TF: TF stays unimported in the parent process
 
 _BACKBONE = flags.DEFINE_string("backbone", "resnet101",
                                 "Backbone (see advent_tf.models.BACKBONES).")
@@ -113,15 +113,23 @@ REFERENCE_CONFIG = {"backbone": "resnet101", "num_classes": 19, "batch_size": 1,
 CPU_CEILING_GFLOPS = {"float32": 223.0, "mixed_bfloat16": 396.0}
 
 
+def _size(values, name):
+    """A WIDTH,HEIGHT flag -> (height, width); a usage error naming the flag if malformed."""
+    try:
+        return config_lib.hw(config_lib.parse_size(values, name))
+    except config_lib.ConfigError as e:
+        raise app.UsageError(str(e)) from e
+
+
 def _config():
     """The benchmark settings shared by the parent and its measurement subprocesses."""
     return {
         "backbone": _BACKBONE.value,
         "num_classes": _NUM_CLASSES.value,
         "batch_size": _BATCH.value,
-        "source_size": cli.parse_size(_SOURCE_SIZE.value, "source_size"),
-        "target_size": cli.parse_size(_TARGET_SIZE.value, "target_size"),
-        "eval_size": cli.parse_size(_EVAL_SIZE.value, "eval_size"),
+        "source_size": _size(_SOURCE_SIZE.value, "source_size"),
+        "target_size": _size(_TARGET_SIZE.value, "target_size"),
+        "eval_size": _size(_EVAL_SIZE.value, "eval_size"),
         "mixed_precision": _PRECISION.value,
         "warmup": _WARMUP.value,
         "iterations": _ITERATIONS.value,
@@ -134,13 +142,27 @@ def _matches_reference(config):
 
 
 # -- Building the real training objects --------------------------------------
-def build_method(name, config, jit_compile):
-    """Builds and compiles a training method as `advent_tf.train.build_method` does.
+def experiment_config(name, config, jit_compile):
+    """The `advent_tf.config.ExperimentConfig` of a benchmarked method.
 
-    The reference hyper-parameters: `TorchSGD` (momentum 0.9, coupled weight
-    decay 5e-4) on a poly schedule, ASPP heads at 10x, one update per step;
-    for AdvEnt one Adam (betas 0.9/0.99) per discriminator; dynamic loss
-    scaling under mixed_float16.
+    The reference hyper-parameters (the config's defaults: `TorchSGD` with
+    momentum 0.9 and coupled weight decay 5e-4 on a poly schedule, ASPP heads
+    at 10x, one update per step; for AdvEnt one Adam per discriminator;
+    dynamic loss scaling under mixed_float16), with the benchmark's network,
+    precision and seed.
+    """
+    from advent_tf import config as config_lib
+
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
+    return config_lib.from_values(dict(
+        method=name, backbone=config["backbone"], num_classes=config["num_classes"],
+        multi_level=True, bn_mode="reference", mixed_precision=config["mixed_precision"],
+        seed=config["seed"], jit_compile=jit_compile))
+
+
+def build_method(name, config, jit_compile):
+    """Builds and compiles a training method exactly as `advent_tf.train` does (the factory).
 
     Args:
       name: "source_only", "minent" or "advent".
@@ -150,46 +172,9 @@ def build_method(name, config, jit_compile):
     Returns:
       The compiled `advent_tf.methods.DomainAdaptationModel`.
     """
-    import keras
+    from advent_tf import factory
 
-    from advent_tf import methods
-    from advent_tf import models
-    from advent_tf import optimizers
-    from advent_tf import schedules
-
-    def scaled(optimizer):
-        if config["mixed_precision"] == "mixed_float16":
-            return keras.optimizers.LossScaleOptimizer(optimizer)
-        return optimizer
-
-    def poly(base_lr, multiplier=1.0):
-        return schedules.PolySchedule(base_lr, horizon=schedules.REFERENCE_HORIZON, power=0.9,
-                                      multiplier=multiplier)
-
-    keras.utils.set_random_seed(config["seed"])
-    segmenter = models.build_segmenter(config["backbone"], config["num_classes"], True,
-                                       "reference")
-    sgd = optimizers.TorchSGD(learning_rate=poly(2.5e-4), momentum=0.9, weight_decay=5e-4)
-    sgd.set_lr_multiplier(models.head_variables(segmenter), 10.0)
-    sgd.set_update_repeats(models.backbone_variables(segmenter), 1)
-    if name == "advent":
-        def discriminator_and_adam(d_name):
-            return (models.build_discriminator(config["num_classes"], name=d_name),
-                    scaled(optimizers.TorchAdam(poly(1e-4), beta_1=0.9, beta_2=0.99,
-                                                 epsilon=1e-8)))
-        d_main, adam_main = discriminator_and_adam("discriminator_main")
-        d_aux, adam_aux = discriminator_and_adam("discriminator_aux")
-        method = methods.AdvEnt(segmenter, d_main, d_aux)
-        method.compile(scaled(sgd), adam_main, adam_aux, jit_compile=jit_compile)
-    elif name == "minent":
-        method = methods.MinEnt(segmenter)
-        method.compile(scaled(sgd), jit_compile=jit_compile)
-    elif name == "source_only":
-        method = methods.SourceOnly(segmenter)
-        method.compile(scaled(sgd), jit_compile=jit_compile)
-    else:
-        raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
-    return method
+    return factory.build_method(experiment_config(name, config, jit_compile))
 
 
 def random_arrays(config):

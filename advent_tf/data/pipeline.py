@@ -26,6 +26,7 @@ an InvalidArgumentError that names the shard (and the image file name).
 
 import tensorflow as tf
 
+from advent_tf import constants
 from advent_tf import preprocessing
 from advent_tf.data import example as example_lib
 from advent_tf.data import records as records_lib
@@ -160,7 +161,8 @@ def make_train_dataset(source_pattern, target_pattern, source_size, target_size,
     target = target.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE,
                           deterministic=deterministic)
     dataset = tf.data.Dataset.zip(source, target).map(
-        lambda s, t: {"source_image": s[0], "source_label": s[1], "target_image": t})
+        lambda s, t: {constants.SOURCE_IMAGE: s[0], constants.SOURCE_LABEL: s[1],
+                      constants.TARGET_IMAGE: t})
     return dataset.prefetch(AUTOTUNE).with_options(_options(deterministic))
 
 

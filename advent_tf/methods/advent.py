@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from advent_tf import constants
 from advent_tf import losses
 from advent_tf.methods import base
 
@@ -54,23 +55,26 @@ class AdvEnt(base.DomainAdaptationModel):
 
     def train_step(self, data):
         self.begin_step()
-        source, labels, target = data["source_image"], data["source_label"], data["target_image"]
+        source, labels = data[constants.SOURCE_IMAGE], data[constants.SOURCE_LABEL]
+        target = data[constants.TARGET_IMAGE]
         grads, source_logits = self.source_step(source, labels)
         source_logits = dict(zip(("aux", "main"), source_logits))
-        target_maps = {}
 
         def generator_loss():
+            """Eq. 9 (+ CP); also returns the target self-information maps for D."""
             probs = dict(zip(("aux", "main"), self.target_probabilities(target)))
             loss = self.class_prior_term(probs["main"])
+            target_maps = {}
             for name, disc, _, weight in self._heads():
                 target_maps[name] = losses.self_information_map(probs[name])
                 adv = losses.adversarial_loss(disc(target_maps[name]),
                                               losses.SOURCE_DOMAIN_LABEL)
                 self.log(**{f"loss_adv_{name}": adv})
                 loss += weight * adv
-            return loss
+            return loss, target_maps
 
-        grads = base.add_gradients(grads, self.target_step(generator_loss))
+        target_grads, target_maps = self.target_step(generator_loss)
+        grads = base.add_gradients(grads, target_grads)
         self.apply_segmenter_gradients(grads)
 
         source_size = tf.shape(source)[1:3]

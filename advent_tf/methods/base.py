@@ -7,7 +7,8 @@ what every iteration has in common: the supervised source pass, the gradient
 bookkeeping, the segmenter's optimizer step and the metric trackers.
 
 Distribution: Keras sums gradients over replicas, so every loss below is scaled
-to its share of the global loss (GUIDE.md pitfall 2). The source cross-entropy is
+to its share of the global loss (Keras' train_step applies the summed
+per-replica gradients, it does not average them). The source cross-entropy is
 a mean over the valid pixels of the *global* batch, so each replica's mean is
 weighted by its share of the valid pixels; fixed-size means (entropy, BCE) are
 divided by the number of replicas. Logged values are the unscaled losses.
@@ -18,23 +19,27 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from advent_tf import config
 from advent_tf import constants
 from advent_tf import losses
 from advent_tf import ops
 from advent_tf.models import split_outputs
 
 
+_DEFAULTS = config.MethodConfig()
+
+
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
-    """Loss weights of the reference (`cfg.TRAIN.LAMBDA_*`); aux = layer3 head."""
+    """Loss weights (`--lambda_*`; reference `cfg.TRAIN.LAMBDA_*`); aux = layer3 head."""
 
-    seg_main: float = 1.0
-    seg_aux: float = 0.1
-    ent_main: float = 1e-3
-    ent_aux: float = 2e-4
-    adv_main: float = 1e-3
-    adv_aux: float = 2e-4
-    cp: float = 1e-3
+    seg_main: float = _DEFAULTS.lambda_seg_main
+    seg_aux: float = _DEFAULTS.lambda_seg_aux
+    ent_main: float = _DEFAULTS.lambda_ent_main
+    ent_aux: float = _DEFAULTS.lambda_ent_aux
+    adv_main: float = _DEFAULTS.lambda_adv_main
+    adv_aux: float = _DEFAULTS.lambda_adv_aux
+    cp: float = _DEFAULTS.lambda_cp
 
 
 def num_replicas():
@@ -85,8 +90,10 @@ class DomainAdaptationModel(keras.Model):
         self.multi_level = len(segmenter.outputs) == 2
         self.create_trackers(["loss_seg_main"] + (["loss_seg_aux"] if self.multi_level else [])
                              + (["loss_cp"] if class_prior is not None else []))
-        # The sub-networks are built functional models; marking the wrapper built
-        # stops fit() from tracing call() on the whole dict batch (GUIDE pitfall 4).
+        # The sub-networks are built functional models. An unbuilt subclassed
+        # model makes fit() build it by calling call() on the first batch, the
+        # whole dict of source and target tensors, which the segmenter cannot
+        # take: marking the wrapper built skips that.
         self.built = True
 
     # -- Keras plumbing -----------------------------------------------------
@@ -94,7 +101,12 @@ class DomainAdaptationModel(keras.Model):
         return self.segmenter(images, training=training)
 
     def compile(self, optimizer, **kwargs):
-        """Compiles with the segmenter's SGD; builds its slots now (pitfall 3)."""
+        """Compiles with the segmenter's SGD; builds its slots now.
+
+        Keras would otherwise create the slot variables lazily at the first
+        `apply_gradients`, inside the replica step, where a distribution
+        strategy cannot create variables.
+        """
         super().compile(optimizer=optimizer, **kwargs)
         self.optimizer.build(self.segmenter.trainable_variables)
 
@@ -161,13 +173,18 @@ class DomainAdaptationModel(keras.Model):
     def target_step(self, loss_fn):
         """Runs `loss_fn` under a tape and returns the gradients w.r.t. F.
 
-        `loss_fn()` returns the (unscaled, per-replica) target loss; it is
-        divided by the number of replicas because it is a fixed-size mean.
+        `loss_fn()` returns (the unscaled, per-replica target loss, extras):
+        the loss is divided by the number of replicas because it is a
+        fixed-size mean; `extras` (tensors the method needs after the
+        backward pass, e.g. AdvEnt's target maps) is passed through.
+
+        Returns:
+          (gradients w.r.t. the segmenter's trainable variables, extras).
         """
         with tf.GradientTape() as tape:
-            loss = loss_fn()
+            loss, extras = loss_fn()
             scaled = self.optimizer.scale_loss(loss / num_replicas())
-        return tape.gradient(scaled, self.segmenter.trainable_variables)
+        return tape.gradient(scaled, self.segmenter.trainable_variables), extras
 
     def target_probabilities(self, images):
         """Target pass of F: softmax of the logits upsampled to the input size.

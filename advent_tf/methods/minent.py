@@ -1,5 +1,6 @@
 """MinEnt (paper eq. 4), with the optional entropy ranking (ER) and class-ratio prior (CP)."""
 
+from advent_tf import constants
 from advent_tf import losses
 from advent_tf.methods import base
 
@@ -33,10 +34,10 @@ class MinEnt(base.DomainAdaptationModel):
     def train_step(self, data):
         self.begin_step()
         w = self.loss_weights_config
-        grads, _ = self.source_step(data["source_image"], data["source_label"])
+        grads, _ = self.source_step(data[constants.SOURCE_IMAGE], data[constants.SOURCE_LABEL])
 
         def target_loss():
-            prob_aux, prob_main = self.target_probabilities(data["target_image"])
+            prob_aux, prob_main = self.target_probabilities(data[constants.TARGET_IMAGE])
             loss_main = self._entropy(prob_main)
             loss = w.ent_main * loss_main
             self.log(loss_ent_main=loss_main)
@@ -44,8 +45,9 @@ class MinEnt(base.DomainAdaptationModel):
                 loss_aux = self._entropy(prob_aux)
                 loss += w.ent_aux * loss_aux
                 self.log(loss_ent_aux=loss_aux)
-            return loss + self.class_prior_term(prob_main)
+            return loss + self.class_prior_term(prob_main), None
 
-        grads = base.add_gradients(grads, self.target_step(target_loss))
+        target_grads, _ = self.target_step(target_loss)
+        grads = base.add_gradients(grads, target_grads)
         self.apply_segmenter_gradients(grads)
         return self.logs()

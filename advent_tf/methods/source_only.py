@@ -1,5 +1,6 @@
 """Source-only baseline: the segmenter trained on labelled source images alone."""
 
+from advent_tf import constants
 from advent_tf.methods import base
 
 
@@ -8,6 +9,6 @@ class SourceOnly(base.DomainAdaptationModel):
 
     def train_step(self, data):
         self.begin_step()
-        grads, _ = self.source_step(data["source_image"], data["source_label"])
+        grads, _ = self.source_step(data[constants.SOURCE_IMAGE], data[constants.SOURCE_LABEL])
         self.apply_segmenter_gradients(grads)
         return self.logs()

@@ -5,14 +5,15 @@ False` on every BN weight and bias, yet keeps the network in `train()` mode:
 each forward pass during training normalises with the statistics of the
 current batch (one image) and moves the running statistics. Keras'
 `BatchNormalization(trainable=False)` instead switches to inference
-statistics (GUIDE.md pitfall 9), so this layer implements the PyTorch
+statistics (since Keras 2.1.3 a frozen BN layer runs in inference mode even
+when called with training=True), so this layer implements the PyTorch
 semantics explicitly.
 """
 
 import keras
 import tensorflow as tf
 
-BN_MODES = ("reference", "frozen")
+from advent_tf.config import BN_MODES
 
 
 @keras.saving.register_keras_serializable(package="advent_tf")

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from advent_tf import constants
 from advent_tf import evaluation
 from advent_tf import inference
 from advent_tf import preprocessing
@@ -18,15 +19,23 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or Inf; training stopped with the last good checkpoint kept."""
 
 
+def global_step(model):
+    """The step of a training method: its segmenter optimizer's applied updates.
+
+    Every poly schedule and checkpoint number derives from it; a batch skipped
+    by float16 loss scaling leaves it unchanged.
+    """
+    return int(model.optimizer.iterations.numpy())
+
+
 class NonFiniteGuard(keras.callbacks.Callback):
     """Stops training at the first non-finite logged value, naming it and the step.
 
     Must come before the checkpoint callback so the diverged state is never saved.
     """
 
-    def __init__(self, step_fn, checkpoint_dir):
+    def __init__(self, checkpoint_dir):
         super().__init__()
-        self.step_fn = step_fn
         self.checkpoint_dir = checkpoint_dir
 
     def on_train_batch_end(self, batch, logs=None):
@@ -34,7 +43,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
             if not math.isfinite(float(value)):
                 latest = tf.train.latest_checkpoint(self.checkpoint_dir)
                 raise NonFiniteLossError(
-                    f"{name} is {float(value)} at step {self.step_fn()}; training stopped. "
+                    f"{name} is {float(value)} at step {global_step(self.model)}; training stopped. "
                     f"Last good checkpoint kept: {latest or 'none yet'}. Lower the learning "
                     "rate or check the data before resuming.")
 
@@ -42,18 +51,17 @@ class NonFiniteGuard(keras.callbacks.Callback):
 class ProgressLogger(keras.callbacks.Callback):
     """Logs the losses with steps/s and ETA every `every` steps."""
 
-    def __init__(self, step_fn, total_steps, every):
+    def __init__(self, total_steps, every):
         super().__init__()
-        self.step_fn = step_fn
         self.total_steps = total_steps
         self.every = every
 
     def on_train_begin(self, logs=None):
-        self._start_step = self._previous_step = self.step_fn()
+        self._start_step = self._previous_step = global_step(self.model)
         self._start_time = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self.step_fn()
+        step = global_step(self.model)
         # Only float16 dynamic loss scaling leaves the step unchanged; such a
         # batch is always reported, since its losses were computed but unused.
         skipped = step == self._previous_step
@@ -81,13 +89,12 @@ class StopAtStep(keras.callbacks.Callback):
     last, so that the other callbacks (checkpoint, logs) see the final step.
     """
 
-    def __init__(self, step_fn, num_steps):
+    def __init__(self, num_steps):
         super().__init__()
-        self.step_fn = step_fn
         self.num_steps = num_steps
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.step_fn() >= self.num_steps:
+        if global_step(self.model) >= self.num_steps:
             self.model.stop_training = True
 
 
@@ -95,31 +102,32 @@ class TensorBoardSummaries(keras.callbacks.Callback):
     """Scalars every `scalar_every` steps, the paper's Figure 1 view every `image_every`.
 
     Images: source and target inputs, source ground truth, predicted colour
-    maps and target entropy maps (eq. 2) on a fixed sample batch.
+    maps (`visualize.palette`: any class count) and target entropy maps
+    (eq. 2) on a fixed sample batch.
 
     Args:
-      log_dir: TensorBoard directory.
-      step_fn: returns the global step.
+      writer: the run's `tf.summary` writer.
       sample: one element of the training dataset (dict of tensors) to visualise.
-      flags_text: markdown of the flags used, written once as text.
+      scalar_every, image_every: periods in steps (image_every 0 = never).
+      config_text: the run's settings, written once as text.
+      num_classes: classes of the segmenter (for the colours).
     """
 
-    def __init__(self, log_dir, step_fn, sample, scalar_every, image_every, flags_text=""):
+    def __init__(self, writer, sample, scalar_every, image_every, config_text, num_classes):
         super().__init__()
-        self.writer = tf.summary.create_file_writer(log_dir)
-        self.step_fn = step_fn
+        self.writer = writer
         self.sample = sample
         self.scalar_every = scalar_every
         self.image_every = image_every
-        self.flags_text = flags_text
+        self.config_text = config_text
+        self.num_classes = num_classes
 
     def on_train_begin(self, logs=None):
-        if self.flags_text:
-            with self.writer.as_default():
-                tf.summary.text("flags", self.flags_text, step=self.step_fn())
+        with self.writer.as_default():
+            tf.summary.text("config", self.config_text, step=global_step(self.model))
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self.step_fn()
+        step = global_step(self.model)
         with self.writer.as_default():
             if step % self.scalar_every == 0:
                 for name, value in (logs or {}).items():
@@ -128,27 +136,19 @@ class TensorBoardSummaries(keras.callbacks.Callback):
                 self._write_images(step)
         self.writer.flush()
 
-    @staticmethod
-    def _colour(class_maps, num_classes):
-        return np.stack([visualize.colorize(m, num_classes) for m in np.asarray(class_maps)])
+    def _colour(self, class_maps):
+        return np.stack([visualize.colorize(m, self.num_classes) for m in np.asarray(class_maps)])
 
     def _write_images(self, step):
-        # Colour maps need a Cityscapes palette (19 or 16 classes); other class
-        # counts (a user's own data) get the inputs and entropy maps only.
-        num_classes = self.model.segmenter.outputs[-1].shape[-1]
-        coloured = num_classes in (16, 19)
         for domain in ("source", "target"):
-            images = self.sample[f"{domain}_image"]
+            images = self.sample[constants.DOMAIN_IMAGE[domain]]
             result = inference.segment(evaluation.ensemble_logits(
                 [(self.model.segmenter, 1.0)], images, tf.shape(images)[1:3]))
             tf.summary.image(f"{domain}/input", preprocessing.unpreprocess_image(images), step=step)
-            if coloured:
-                tf.summary.image(f"{domain}/prediction", self._colour(result["class_map"], num_classes),
-                                 step=step)
+            tf.summary.image(f"{domain}/prediction", self._colour(result["class_map"]), step=step)
             tf.summary.image(f"{domain}/entropy", result["entropy"][..., None], step=step)
-        if coloured:
-            tf.summary.image("source/ground_truth", self._colour(self.sample["source_label"], num_classes),
-                             step=step)
+        tf.summary.image("source/ground_truth", self._colour(self.sample[constants.SOURCE_LABEL]),
+                         step=step)
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):
@@ -160,25 +160,23 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     Args:
       every: period in steps.
       dataset_fn: returns a fresh `make_eval_dataset` dataset.
-      num_classes: classes of the segmenter.
-      log_dir: TensorBoard directory.
-      step_fn: returns the global step.
+      class_names: names of the segmenter's classes.
+      writer: the run's `tf.summary` writer.
     """
 
-    def __init__(self, every, dataset_fn, num_classes, log_dir, step_fn):
+    def __init__(self, every, dataset_fn, class_names, writer):
         super().__init__()
         self.every = every
         self.dataset_fn = dataset_fn
-        self.num_classes = num_classes
-        self.writer = tf.summary.create_file_writer(log_dir)
-        self.step_fn = step_fn
+        self.class_names = list(class_names)
+        self.writer = writer
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self.step_fn()
+        step = global_step(self.model)
         if step % self.every:
             return
         hist = evaluation.evaluate([(self.model.segmenter, 1.0)], self.dataset_fn(),
-                                   self.num_classes)
-        summary = evaluation.summarize(hist)
+                                   len(self.class_names))
+        summary = evaluation.summarize(hist, self.class_names)
         evaluation.write_scalars(self.writer, summary, step)
         logging.info("step %d  target mIoU %.2f", step, summary["miou"])

@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from advent_tf import checkpoint_io
+from advent_tf.training import callbacks
 
 
 class NonFiniteStateError(RuntimeError):
@@ -61,28 +62,26 @@ class CheckpointCallback(keras.callbacks.Callback):
     Args:
       manager: a `tf.train.CheckpointManager`.
       every: save period in steps.
-      step_fn: returns the current global step (the optimizer's iteration count).
       watched_variables: variables that must be finite for a state to be saved.
     """
 
-    def __init__(self, manager, every, step_fn, watched_variables):
+    def __init__(self, manager, every, watched_variables):
         super().__init__()
         self.watched_variables = watched_variables
         self.manager = manager
         self.every = every
-        self.step_fn = step_fn
         self._healthy = True
         self._last_saved = None
 
     def on_train_begin(self, logs=None):
         # The restored (or initial) step is already on disk or needs no save.
-        self._last_saved = self.step_fn()
+        self._last_saved = callbacks.global_step(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         # The NaN guard raises on a non-finite loss; this check also keeps a
         # diverged state out of the checkpoints if Keras still runs on_train_end.
         self._healthy = all(math.isfinite(float(v)) for v in (logs or {}).values())
-        step = self.step_fn()
+        step = callbacks.global_step(self.model)
         # A batch skipped by float16 loss scaling leaves the step unchanged:
         # nothing new to save.
         if self._healthy and step % self.every == 0 and step != self._last_saved:
@@ -95,7 +94,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                    for v in self.watched_variables)
 
     def on_train_end(self, logs=None):
-        step = self.step_fn()
+        step = callbacks.global_step(self.model)
         latest = self.manager.latest_checkpoint
         if self._healthy and (latest is None or not latest.endswith(f"-{step}")):
             self._save(step)
