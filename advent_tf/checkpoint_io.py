@@ -140,7 +140,7 @@ def load_segmenter(path, backbone, num_classes, multi_level):
     Args:
       path: anything `resolve` accepts.
       backbone: `build_segmenter` backbone the file was trained with.
-      num_classes: its number of classes (19 or 16).
+      num_classes: its number of classes.
       multi_level: whether it has the auxiliary head.
 
     Returns:
@@ -163,35 +163,3 @@ def load_segmenter(path, backbone, num_classes, multi_level):
             f"{e} (loading into a {_describe(backbone, num_classes, multi_level)}: check "
             "--backbone, --num_classes and --multi_level against the training run)") from e
     return model, resolved
-
-
-def load_members(paths, weights, backbone, num_classes, multi_level):
-    """Loads one model or an ensemble of models of the same architecture.
-
-    Args:
-      paths: list of anything `resolve` accepts.
-      weights: one weight per path, or None for equal weights (the paper's
-        AdvEnt+MinEnt ensemble is 0.5/0.5).
-      backbone, num_classes, multi_level: the architecture of every member.
-
-    Returns:
-      (list of (segmenter, weight), list of resolved files).
-
-    Raises:
-      ValueError: no path, or weights that do not match the paths or are not positive.
-      FileNotFoundError, CheckpointError: as `load_segmenter`.
-    """
-    if not paths:
-        raise ValueError("no checkpoint given")
-    if weights is None:
-        weights = [1.0 / len(paths)] * len(paths)
-    if len(weights) != len(paths):
-        raise ValueError(f"{len(weights)} ensemble weights for {len(paths)} checkpoints")
-    if any(not w > 0 for w in weights):
-        raise ValueError(f"ensemble weights must be positive, got {list(weights)}")
-    members, resolved = [], []
-    for path, weight in zip(paths, weights):
-        model, source = load_segmenter(path, backbone, num_classes, multi_level)
-        members.append((model, float(weight)))
-        resolved.append(source)
-    return members, resolved

@@ -104,11 +104,13 @@ def _percent(value):
     return None if np.isnan(value) else float(100.0 * value)
 
 
-def summarize(hist, class_subset=None):
+def summarize(hist, class_names=None, class_subset=None):
     """The figures the paper reports, from one confusion matrix.
 
     Args:
-      hist: [C, C] confusion matrix (rows = ground truth), C = 19 or 16.
+      hist: [C, C] confusion matrix (rows = ground truth), any C >= 2.
+      class_names: the C class names in id order (a run's or a split's);
+        default `labels.default_class_names(C)`.
       class_subset: None, or 13 with a 16-class matrix: also the mIoU over the
         13 classes of the SYNTHIA benchmark (the 16 without wall, fence, pole),
         taken from the same per-class IoUs, as the paper reports it.
@@ -124,7 +126,9 @@ def summarize(hist, class_subset=None):
     """
     hist = np.asarray(hist, np.float64)
     num_classes = hist.shape[0]
-    names = labels_lib.class_names(num_classes)
+    names = list(class_names or labels_lib.default_class_names(num_classes))
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for a {num_classes}-class matrix")
     iou = metrics.per_class_iou(hist)
     summary = {
         "num_classes": num_classes,
@@ -147,7 +151,7 @@ def summarize(hist, class_subset=None):
 def format_summary(summary):
     """The per-class IoU table of a `summarize` result, as the reference prints it."""
     hist = np.asarray(summary["confusion_matrix"], np.float64)
-    names = labels_lib.class_names(hist.shape[0])
+    names = list(summary["iou"])
     table = metrics.format_iou_table(hist, names)
     if "miou_13" not in summary:
         return table

@@ -1,14 +1,20 @@
 r"""Segments images and writes what to look at: colour map, entropy map, overlay.
 
-    python -m advent_tf.predict --checkpoints=runs/gta2cityscapes_advent \
+    python -m advent_tf.predict --train_dir=runs/gta2cityscapes_advent \
         --inputs=photos/,extra.jpg --output_dir=predictions
     python -m advent_tf.predict --saved_model=serving/advent \
         --inputs=photos/ --output_dir=predictions
 
-For each image (directories are searched recursively for PNG, JPEG, BMP and
-GIF files) three PNGs, at the image's resolution, under --output_dir with the
-input's relative path: NAME_color.png (Cityscapes palette), NAME_entropy.png
+The network, class count and input size come from the run (see `evaluate`
+for --checkpoints and .weights.h5 files). For each image (directories are
+searched recursively for PNG, JPEG, BMP and GIF files) three PNGs, at the
+image's resolution, under --output_dir with the input's relative path:
+NAME_color.png (`visualize.palette`: Cityscapes colours for 19 and 16
+classes, the PASCAL VOC colour map for other counts), NAME_entropy.png
 (eq. 2, dark = confident; the paper's Figure 1/3 view) and NAME_overlay.png.
+Inputs that would share an output name (``a.png`` and ``a.jpg``, or two
+``a.png`` from different places) keep their extension in the name
+(``a_png``, ``a_jpg``), then get a number: no output is ever overwritten.
 An unreadable image is reported and skipped, and the others are still
 processed; the exit status is non-zero only when no image could be processed.
 """
@@ -33,8 +39,10 @@ _SAVED_MODEL = flags.DEFINE_string(
     "saved_model", None,
     "An exported SavedModel (version directory, or the base directory: newest version), "
     "instead of --checkpoints.")
-_IMAGE_SIZE = flags.DEFINE_list("image_size", ["1024", "512"],
-                                "WIDTH,HEIGHT the network sees (with --checkpoints).")
+_IMAGE_SIZE = flags.DEFINE_list(
+    "image_size", None,
+    "WIDTH,HEIGHT the network sees (with --train_dir/--checkpoints); default: the run's "
+    "--eval_size, else 1024,512.")
 _ALPHA = flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the colours in the overlay.",
                             lower_bound=0.0, upper_bound=1.0)
 
@@ -45,34 +53,57 @@ def list_images(inputs):
     """(path, output name without extension) of every image to process, in order.
 
     Files named explicitly are always tried; directories contribute their
-    files with an image extension, recursively, named by their relative path.
+    files with an image extension, recursively, named by their relative
+    path. Names are unique: see `_unique_names`.
     """
     found = []
     for item in inputs:
         if not os.path.isdir(item):
-            found.append((item, os.path.splitext(os.path.basename(item))[0]))
+            found.append((item, os.path.basename(item)))
             continue
         for root, dirs, files in os.walk(item):
             dirs.sort()
             for name in sorted(files):
                 if name.lower().endswith(_IMAGE_EXTENSIONS):
                     path = os.path.join(root, name)
-                    found.append((path, os.path.splitext(os.path.relpath(path, item))[0]))
-    return found
+                    found.append((path, os.path.relpath(path, item)))
+    return list(zip([path for path, _ in found], _unique_names([rel for _, rel in found])))
+
+
+def _unique_names(relative_paths):
+    """Output names (relative path without extension) that never collide.
+
+    A name shared by several inputs keeps the extension (``a_png``); one
+    still shared (the same relative path from two inputs) gets ``_2``,
+    ``_3``, ... in input order.
+    """
+    stems = [os.path.splitext(rel)[0] for rel in relative_paths]
+    shared = {stem for stem in stems if stems.count(stem) > 1}
+    names, used = [], set()
+    for rel, stem in zip(relative_paths, stems):
+        name = stem + "_" + os.path.splitext(rel)[1].lstrip(".") if stem in shared else stem
+        candidate, number = name, 1
+        while candidate in used:
+            number += 1
+            candidate = f"{name}_{number}"
+        used.add(candidate)
+        names.append(candidate)
+    return names
 
 
 def _checkpoint_predictor():
-    """Predictor over the --checkpoints, and its number of classes."""
-    members, sources = model_flags.load_members()
-    logging.info("Model: %s", ", ".join(sources))
-    model_size = model_flags.parse_size(_IMAGE_SIZE.value, "image_size")
+    """Predictor over the named run or checkpoints, and its number of classes."""
+    loaded = model_flags.load_members()
+    logging.info("Model: %s", ", ".join(loaded.sources))
+    model_size = model_flags.input_size(loaded.run_config, _IMAGE_SIZE.value, "image_size")
+    members = loaded.members
 
     @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
     def predict(images):
         return inference.segment(
             inference.logits_at_input_resolution(members, images, model_size))
 
-    return predict, model_flags.num_classes()
+    return predict, loaded.model.num_classes
 
 
 def _saved_model_predictor():
@@ -99,8 +130,9 @@ def _write(image, outputs, num_classes, output_base):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if bool(_SAVED_MODEL.value) == bool(model_flags.CHECKPOINTS.value):
-        raise app.UsageError("give exactly one of --checkpoints and --saved_model")
+    if bool(_SAVED_MODEL.value) == bool(model_flags.CHECKPOINTS.value
+                                        or model_flags.TRAIN_DIR.value):
+        raise app.UsageError("give exactly one of --train_dir/--checkpoints and --saved_model")
     images = list_images(_INPUTS.value)
     if not images:
         raise app.UsageError(f"no image found in {_INPUTS.value}")

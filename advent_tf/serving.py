@@ -8,7 +8,7 @@ Signatures follow Model Garden's export_base (one per input type):
   image_tensor: `images` uint8 [B, H, W, 3] RGB.
 
 Outputs, at the input resolution: `class_map` int32 [B, H, W] (train ids of
-the model's setting: 19 or 16 classes), `entropy` float32 [B, H, W] (eq. 2, in
+the model's classes), `entropy` float32 [B, H, W] (eq. 2, in
 [0, 1]: a confidence map to threshold) and, if exported with probabilities,
 `probabilities` float32 [B, H, W, C]. The images of one request must share a
 size. Malformed or truncated bytes, an empty batch or mixed sizes fail the
@@ -27,7 +27,6 @@ import tempfile
 import tensorflow as tf
 
 from advent_tf import inference
-from advent_tf.data import labels as labels_lib
 
 _VERSION_RE = re.compile(r"^\d+$")
 
@@ -36,20 +35,20 @@ class SegmentationModule(tf.Module):
     """A segmenter or an ensemble, with preprocessing and post-processing.
 
     Args:
-      members: list of (segmenter, weight), all with `num_classes` classes.
-      num_classes: 19 or 16.
+      members: list of (segmenter, weight), all with len(class_names) classes.
+      class_names: the names of the classes, in id order.
       model_size: (height, width) the network sees.
       with_probabilities: also output the probabilities.
     """
 
-    def __init__(self, members, num_classes, model_size, with_probabilities=False):
+    def __init__(self, members, class_names, model_size, with_probabilities=False):
         super().__init__(name="advent_segmentation")
         self.segmenters = [model for model, _ in members]
         self._weights = [float(weight) for _, weight in members]
         self._model_size = tuple(int(s) for s in model_size)
         self._with_probabilities = with_probabilities
-        self.num_classes = tf.Variable(num_classes, trainable=False, dtype=tf.int32)
-        self.class_names = tf.Variable(list(labels_lib.class_names(num_classes)), trainable=False)
+        self.num_classes = tf.Variable(len(class_names), trainable=False, dtype=tf.int32)
+        self.class_names = tf.Variable(list(class_names), trainable=False)
         self.model_size = tf.Variable(self._model_size, trainable=False, dtype=tf.int32)
 
     def _outputs(self, images):
@@ -94,7 +93,7 @@ def next_version(export_dir):
     return max(versions, default=0) + 1
 
 
-def export(members, num_classes, model_size, export_dir, version=None,
+def export(members, class_names, model_size, export_dir, version=None,
            with_probabilities=False):
     """Writes the SavedModel to `export_dir/<version>/`.
 
@@ -104,7 +103,7 @@ def export(members, num_classes, model_size, export_dir, version=None,
 
     Args:
       members: list of (segmenter, weight).
-      num_classes: 19 or 16.
+      class_names: the names of the classes, in id order.
       model_size: (height, width) the network sees.
       export_dir: the model base directory of TF Serving.
       version: integer version; default `next_version(export_dir)`.
@@ -121,7 +120,7 @@ def export(members, num_classes, model_size, export_dir, version=None,
     if os.path.exists(path):
         raise FileExistsError(f"{path} exists; pick another --version")
     os.makedirs(export_dir, exist_ok=True)
-    module = SegmentationModule(members, num_classes, model_size, with_probabilities)
+    module = SegmentationModule(members, class_names, model_size, with_probabilities)
     serve_bytes = module.serve_bytes.get_concrete_function()
     signatures = {
         "serving_default": serve_bytes,

@@ -1,8 +1,11 @@
 """Pictures of predictions: Cityscapes colours, entropy maps, overlays (numpy, PIL).
 
-Colours are always those of the 19 Cityscapes classes: a 16-class (SYNTHIA)
-prediction is mapped back to the 19-class ids first, so a "car" is the same
-blue whatever the setting.
+Colours (`palette`): 19 and 16 classes get the Cityscapes colours (a 16-class
+SYNTHIA prediction is mapped back to the 19-class ids first, so a "car" is
+the same blue whatever the setting). Any other class count (a user's own
+data, up to 255 classes) gets the PASCAL VOC colour map shifted by one:
+class i is VOC colour i + 1, so that no class is black, which marks ignored
+pixels.
 """
 
 import os
@@ -18,17 +21,28 @@ _RAMP = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 
                  dtype=np.float32)
 
 
+def _voc_colour(index):
+    """Colour `index` of the PASCAL VOC map: the bits of the index spread over R, G, B."""
+    colour = [0, 0, 0]
+    for shift in range(8):
+        for channel in range(3):
+            colour[channel] |= ((index >> (3 * shift + channel)) & 1) << (7 - shift)
+    return colour
+
+
 def palette(num_classes):
-    """The [num_classes, 3] uint8 RGB colours of a 19- or 16-class setting.
+    """The [num_classes, 3] uint8 RGB colours of a setting (see the module docstring).
 
     Raises:
-      ValueError: another number of classes.
+      ValueError: fewer than 1 or more than 255 classes.
     """
     if num_classes == 19:
         return constants.CITYSCAPES_PALETTE
     if num_classes == 16:
         return constants.CITYSCAPES_PALETTE[list(constants.SYNTHIA_16_FROM_19)]
-    raise ValueError(f"no Cityscapes palette for {num_classes} classes (19 or 16)")
+    if not 1 <= num_classes <= 255:
+        raise ValueError(f"no palette for {num_classes} classes (1 to 255)")
+    return np.array([_voc_colour(i + 1) for i in range(num_classes)], np.uint8)
 
 
 def colorize(class_map, num_classes):
@@ -36,7 +50,7 @@ def colorize(class_map, num_classes):
 
     Args:
       class_map: integer [H, W] class ids.
-      num_classes: 19 or 16.
+      num_classes: the model's number of classes.
 
     Returns:
       uint8 [H, W, 3] RGB.

@@ -158,8 +158,12 @@ def test_loading_errors_name_the_file_and_the_flags(workdir, tmp_path):
     bad.write_bytes(b"not hdf5")
     with pytest.raises(checkpoint_io.CheckpointError, match="bad.weights.h5"):
         checkpoint_io.load_segmenter(str(bad), "resnet_tiny", 19, True)
-    with pytest.raises(ValueError, match="2 ensemble weights for 1"):
-        checkpoint_io.load_members([ckpt], [0.5, 0.5], "resnet_tiny", 19, True)
+    result = subprocess.run(
+        [sys.executable, "-m", "advent_tf.evaluate", "--backbone=resnet_tiny",
+         f"--checkpoints={ckpt}", "--ensemble_weights=0.5,0.5",
+         f"--eval_pattern={workdir['pattern']}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "2 ensemble weights for 1" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_synthia_16_and_13_class_figures():

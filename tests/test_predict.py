@@ -10,6 +10,7 @@ import pytest
 
 from advent_tf import constants
 from advent_tf import serving
+from advent_tf.data import labels
 from advent_tf import visualize
 from advent_tf.models import build_segmenter
 
@@ -26,7 +27,7 @@ def workdir(tmp_path_factory):
     (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     model = build_segmenter("resnet_tiny", 16, False)
     model.save_weights(str(root / "model.weights.h5"))
-    serving.export([(model, 1.0)], 16, (16, 32), str(root / "export"))
+    serving.export([(model, 1.0)], labels.class_names(16), (16, 32), str(root / "export"))
     return root
 
 

@@ -178,6 +178,13 @@ def class_names(num_classes):
     raise ValueError(f"num_classes must be 19 or 16, got {num_classes}")
 
 
+def default_class_names(num_classes):
+    """The Cityscapes names for 19 and 16 classes, else ``class_0``, ``class_1``, ..."""
+    if num_classes in (19, 16):
+        return class_names(num_classes)
+    return [f"class_{i}" for i in range(num_classes)]
+
+
 def read_label_map_file(path, num_classes):
     """Reads a user label-map file for the `folder` dataset.
 

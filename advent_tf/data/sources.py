@@ -170,8 +170,9 @@ def folder(root, num_classes, label_map_file=None, labels=True, list_file=None,
       image_subdir: image folder under `root`.
       label_subdir: label folder under `root`; labels are PNGs matched to
         images by relative path without extension.
-      class_names: names of the train ids; default: the Cityscapes names for
-        19 classes, else class_0, class_1, ...
+      class_names: names of the train ids; default
+        `labels.default_class_names` (the Cityscapes names for 19 and 16
+        classes, else class_0, class_1, ...).
 
     Returns:
       A `DatasetSource`.
@@ -184,10 +185,11 @@ def folder(root, num_classes, label_map_file=None, labels=True, list_file=None,
             raise DatasetLayoutError("the folder dataset needs a label-map file for its labels")
         label_map = labels_lib.read_label_map_file(label_map_file, num_classes)
     if class_names is None:
-        class_names = (labels_lib.class_names(19) if num_classes == 19
-                       else [f"class_{i}" for i in range(num_classes)])
+        class_names = labels_lib.default_class_names(num_classes)
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    if len(set(class_names)) != num_classes:
+        raise ValueError(f"class names must be distinct, got {list(class_names)}")
     names = _image_names(image_dir, list_file)
     return DatasetSource(
         dataset="folder",
