@@ -37,10 +37,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from advent_tf import checkpoint_io
-from advent_tf import evaluation
-from advent_tf import model_flags
-from advent_tf import sweep
+from advent_tf.experiment import segmenter_weights
+from advent_tf.inference import evaluation_protocol
+from advent_tf.experiment import model_flags
+from advent_tf.inference import sweep
 from advent_tf.data import manifest as manifest_lib
 from advent_tf.data import pipeline
 from advent_tf.models import build_segmenter
@@ -99,7 +99,7 @@ class _Scorer:
         self.label_table = None
         if manifest is not None:
             try:
-                self.label_table = evaluation.label_mapping(manifest["num_classes"],
+                self.label_table = evaluation_protocol.label_mapping(manifest["num_classes"],
                                                             model.num_classes)
             except ValueError as e:
                 raise app.UsageError(f"{_EVAL_PATTERN.value}: {e}")
@@ -110,9 +110,9 @@ class _Scorer:
         except (FileNotFoundError, ValueError) as e:
             raise app.UsageError(str(e))
         bar = keras.utils.Progbar(self.num_images, unit_name="image")
-        hist = evaluation.evaluate(members, dataset, self.model.num_classes,
+        hist = evaluation_protocol.evaluate(members, dataset, self.model.num_classes,
                                    progress=bar.update, label_table=self.label_table)
-        return evaluation.summarize(hist, self.model.class_names, self.subset)
+        return evaluation_protocol.summarize(hist, self.model.class_names, self.subset)
 
     def settings(self):
         height, width = self.size
@@ -122,7 +122,7 @@ class _Scorer:
 
 
 def _report(title, summary):
-    print(f"\n{title}\n{evaluation.format_summary(summary)}", flush=True)
+    print(f"\n{title}\n{evaluation_protocol.format_summary(summary)}", flush=True)
 
 
 def run_single():
@@ -139,9 +139,9 @@ def run_single():
         results = dict(score.settings(), checkpoints=sources, ensemble_weights=weights,
                        summary=summary)
         sweep.write_json(os.path.join(_OUTPUT_DIR.value, "results.json"), results)
-        steps = [checkpoint_io.checkpoint_step(source) for source in sources]
+        steps = [segmenter_weights.checkpoint_step(source) for source in sources]
         writer = tf.summary.create_file_writer(os.path.join(_OUTPUT_DIR.value, "tensorboard"))
-        evaluation.write_scalars(writer, summary, steps[0] if len(steps) == 1 and steps[0] else 0)
+        evaluation_protocol.write_scalars(writer, summary, steps[0] if len(steps) == 1 and steps[0] else 0)
     return summary
 
 
@@ -151,7 +151,7 @@ def run_best():
     if not train_dir or model_flags.CHECKPOINTS.value:
         raise app.UsageError("--mode=best takes --train_dir and no --checkpoints")
     try:
-        checkpoints = checkpoint_io.list_checkpoints(train_dir)
+        checkpoints = segmenter_weights.list_checkpoints(train_dir)
     except FileNotFoundError as e:
         raise app.UsageError(str(e))
     model_cfg, recorded = model_flags.model_config(train_dir)
@@ -167,16 +167,16 @@ def run_best():
     def score_checkpoint(prefix):
         logging.info("Scoring %s", prefix)
         try:
-            checkpoint_io.load_weights(model, prefix)
-        except checkpoint_io.DamagedCheckpointError:
+            segmenter_weights.load_weights(model, prefix)
+        except segmenter_weights.DamagedCheckpointError:
             raise  # run_sweep skips this one
-        except checkpoint_io.CheckpointError as e:
+        except segmenter_weights.CheckpointError as e:
             # Another network than the flags': every checkpoint would fail.
             raise app.UsageError(str(e))
         return score([(model, 1.0)])
 
     def on_new_result(step, prefix, summary):
-        evaluation.write_scalars(writer, summary, step)
+        evaluation_protocol.write_scalars(writer, summary, step)
         print(f"{os.path.basename(prefix)}: mIoU {summary['miou']:.2f}", flush=True)
 
     unreadable = []
@@ -189,7 +189,7 @@ def run_best():
     logging.info("%d checkpoints, %d cached in %s", len(checkpoints),
                  sum(cache.lookup(p) is not None for _, p in checkpoints), cache.path)
     results = sweep.run_sweep(checkpoints, score_checkpoint, cache, on_new_result,
-                              skip_errors=checkpoint_io.DamagedCheckpointError,
+                              skip_errors=segmenter_weights.DamagedCheckpointError,
                               on_skipped=on_skipped)
     if not results:
         raise app.UsageError(f"--train_dir={train_dir}: none of its {len(checkpoints)} "

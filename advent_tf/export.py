@@ -7,15 +7,15 @@ writes `serving/advent/<version>/` (the next integer version unless
 --version is given) from the run's newest checkpoint; the network, class
 names and input size (the run's --eval_size) come from the run. A converted
 .weights.h5 outside a run: --checkpoints=FILE with --backbone, --num_classes
-and --multi_level. Signatures and outputs: see `advent_tf.serving`.
+and --multi_level. Signatures and outputs: see `advent_tf.inference.saved_model`.
 """
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from advent_tf import model_flags
-from advent_tf import serving
+from advent_tf.experiment import model_flags
+from advent_tf.inference import saved_model
 
 _IMAGE_SIZE = flags.DEFINE_list(
     "image_size", None,
@@ -37,7 +37,7 @@ def main(argv):
     loaded = model_flags.load_members()
     model_size = model_flags.input_size(loaded.run_config, _IMAGE_SIZE.value, "image_size")
     try:
-        path = serving.export(loaded.members, loaded.model.class_names, model_size,
+        path = saved_model.export(loaded.members, loaded.model.class_names, model_size,
                               _EXPORT_DIR.value, _VERSION.value, _PROBABILITIES.value)
     except FileExistsError as e:
         raise app.UsageError(str(e))

@@ -26,12 +26,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from advent_tf import inference
-from advent_tf import model_flags
-from advent_tf import serving
-from advent_tf import visualize
-
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+from advent_tf.inference import segment
+from advent_tf.experiment import model_flags
+from advent_tf.inference import image_files
+from advent_tf.inference import saved_model
+from advent_tf.inference import visualize
 
 _INPUTS = flags.DEFINE_list("inputs", None, "Image files and/or directories of images.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the PNGs are written.")
@@ -49,48 +48,6 @@ _ALPHA = flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the colours in the 
 flags.mark_flags_as_required(["inputs", "output_dir"])
 
 
-def list_images(inputs):
-    """(path, output name without extension) of every image to process, in order.
-
-    Files named explicitly are always tried; directories contribute their
-    files with an image extension, recursively, named by their relative
-    path. Names are unique: see `_unique_names`.
-    """
-    found = []
-    for item in inputs:
-        if not os.path.isdir(item):
-            found.append((item, os.path.basename(item)))
-            continue
-        for root, dirs, files in os.walk(item):
-            dirs.sort()
-            for name in sorted(files):
-                if name.lower().endswith(_IMAGE_EXTENSIONS):
-                    path = os.path.join(root, name)
-                    found.append((path, os.path.relpath(path, item)))
-    return list(zip([path for path, _ in found], _unique_names([rel for _, rel in found])))
-
-
-def _unique_names(relative_paths):
-    """Output names (relative path without extension) that never collide.
-
-    A name shared by several inputs keeps the extension (``a_png``); one
-    still shared (the same relative path from two inputs) gets ``_2``,
-    ``_3``, ... in input order.
-    """
-    stems = [os.path.splitext(rel)[0] for rel in relative_paths]
-    shared = {stem for stem in stems if stems.count(stem) > 1}
-    names, used = [], set()
-    for rel, stem in zip(relative_paths, stems):
-        name = stem + "_" + os.path.splitext(rel)[1].lstrip(".") if stem in shared else stem
-        candidate, number = name, 1
-        while candidate in used:
-            number += 1
-            candidate = f"{name}_{number}"
-        used.add(candidate)
-        names.append(candidate)
-    return names
-
-
 def _checkpoint_predictor():
     """Predictor over the named run or checkpoints, and its number of classes."""
     loaded = model_flags.load_members()
@@ -100,8 +57,8 @@ def _checkpoint_predictor():
 
     @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
     def predict(images):
-        return inference.segment(
-            inference.logits_at_input_resolution(members, images, model_size))
+        return segment.segmentation_maps(
+            segment.logits_at_input_resolution(members, images, model_size))
 
     return predict, loaded.model.num_classes
 
@@ -109,7 +66,7 @@ def _checkpoint_predictor():
 def _saved_model_predictor():
     """Predictor over the --saved_model's image_tensor signature, and its number of classes."""
     try:
-        path = serving.resolve_saved_model(_SAVED_MODEL.value)
+        path = saved_model.resolve_saved_model(_SAVED_MODEL.value)
     except FileNotFoundError as e:
         raise app.UsageError(str(e))
     logging.info("Model: %s", path)
@@ -133,7 +90,7 @@ def main(argv):
     if bool(_SAVED_MODEL.value) == bool(model_flags.CHECKPOINTS.value
                                         or model_flags.TRAIN_DIR.value):
         raise app.UsageError("give exactly one of --train_dir/--checkpoints and --saved_model")
-    images = list_images(_INPUTS.value)
+    images = image_files.list_images(_INPUTS.value)
     if not images:
         raise app.UsageError(f"no image found in {_INPUTS.value}")
     predict, num_classes = (_saved_model_predictor() if _SAVED_MODEL.value
@@ -142,7 +99,7 @@ def main(argv):
     for index, (path, name) in enumerate(images, 1):
         try:
             with open(path, "rb") as f:
-                image = inference.decode_image(f.read())
+                image = segment.decode_image(f.read())
         except (OSError, tf.errors.InvalidArgumentError) as e:
             message = getattr(e, "message", None) or str(e)
             logging.error("Skipping %s: unreadable image (%s)", path, message.strip())

@@ -17,19 +17,19 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from advent_tf import checkpoint_io
-from advent_tf import config as config_lib
-from advent_tf import evaluation
-from advent_tf import factory
-from advent_tf import metrics
+from advent_tf.experiment import segmenter_weights
+from advent_tf.experiment import config as config_lib
+from advent_tf.inference import evaluation_protocol
+from advent_tf.experiment import factory
+from advent_tf.core import metrics
 from advent_tf import models
 from advent_tf.data import demo
 from advent_tf.data import labels as labels_lib
 from advent_tf.data import manifest as manifest_lib
 from advent_tf.data import pipeline
 from advent_tf.training import callbacks
-from advent_tf.training import checkpoints
-from advent_tf.training import run_dir
+from advent_tf.training import checkpointing
+from advent_tf.experiment import run_dir
 
 _DEFAULT = config_lib.ExperimentConfig()
 
@@ -222,14 +222,14 @@ def _validate_data(cfg):
 
 def _resuming(train_dir):
     """Whether --train_dir holds a checkpoint to resume from."""
-    ckpt_dir = checkpoints.checkpoint_dir(train_dir)
+    ckpt_dir = checkpointing.checkpoint_dir(train_dir)
     return bool(tf.io.gfile.glob(os.path.join(ckpt_dir, "ckpt-*.index")))
 
 
 def _init_segmenter(segmenter, path, model):
     try:
-        checkpoint_io.load_weights(segmenter, path)
-    except checkpoint_io.CheckpointError as error:
+        segmenter_weights.load_weights(segmenter, path)
+    except segmenter_weights.CheckpointError as error:
         raise app.UsageError(
             f"--init_checkpoint: {error} (the segmenter of these flags is {model.backbone}, "
             f"{model.num_classes} classes, {'multi' if model.multi_level else 'single'}"
@@ -251,11 +251,11 @@ def run(cfg):
     init_checkpoint = None
     if cfg.run.init_checkpoint and not resuming:
         try:
-            init_checkpoint = checkpoint_io.resolve(cfg.run.init_checkpoint)
+            init_checkpoint = segmenter_weights.resolve(cfg.run.init_checkpoint)
         except FileNotFoundError as error:
             raise app.UsageError(f"--init_checkpoint: {error}") from error
     cfg = _validate_data(cfg)
-    if resuming and checkpoints.is_chief():
+    if resuming and checkpointing.is_chief():
         try:
             run_dir.check_resume(train_dir, cfg)
         except config_lib.ConfigError as error:
@@ -276,15 +276,15 @@ def run(cfg):
         method = factory.build_method(cfg, class_prior)
         if init_checkpoint:
             _init_segmenter(method.segmenter, init_checkpoint, model_cfg)
-        checkpoint = checkpoints.make_checkpoint(method)
-    manager = tf.train.CheckpointManager(checkpoint, checkpoints.checkpoint_dir(train_dir),
+        checkpoint = checkpointing.make_checkpoint(method)
+    manager = tf.train.CheckpointManager(checkpoint, checkpointing.checkpoint_dir(train_dir),
                                          max_to_keep=cfg.run.keep_checkpoints or None)
     try:
-        checkpoints.restore_latest(checkpoint, manager)
-    except (checkpoints.CheckpointMismatchError, checkpoints.NoReadableCheckpointError) as error:
+        checkpointing.restore_latest(checkpoint, manager)
+    except (checkpointing.CheckpointMismatchError, checkpointing.NoReadableCheckpointError) as error:
         raise app.UsageError(f"--train_dir={train_dir}: {error}") from error
     # Recorded only now: a run refused above must not replace the record.
-    if checkpoints.is_chief():
+    if checkpointing.is_chief():
         run_dir.write(train_dir, cfg)
 
     start = int(method.optimizer.iterations.numpy())
@@ -309,10 +309,10 @@ def _callbacks(cfg, method, manager, sample):
     """The callbacks of `fit`, in the order they must run."""
     run_cfg = cfg.run
     cbs = [callbacks.NonFiniteGuard(manager.directory),
-           checkpoints.CheckpointCallback(manager, run_cfg.checkpoint_every, method.weights),
+           checkpointing.CheckpointCallback(manager, run_cfg.checkpoint_every, method.weights),
            callbacks.ProgressLogger(run_cfg.num_steps, run_cfg.log_every)]
-    if checkpoints.is_chief():
-        # One summary writer per run: training scalars, images and evaluation.
+    if checkpointing.is_chief():
+        # One summary writer per run: training scalars, images and evaluation_protocol.
         writer = tf.summary.create_file_writer(os.path.join(run_cfg.train_dir, "logs"))
         cbs.append(callbacks.TensorBoardSummaries(
             writer, sample, run_cfg.log_every, run_cfg.image_summary_every,
@@ -332,7 +332,7 @@ def _eval_dataset(cfg):
 
 
 def _final_evaluation(method, cfg):
-    hist = evaluation.evaluate([(method.segmenter, 1.0)], _eval_dataset(cfg),
+    hist = evaluation_protocol.evaluate([(method.segmenter, 1.0)], _eval_dataset(cfg),
                                cfg.model.num_classes)
     table = metrics.format_iou_table(hist, cfg.model.class_names)
     print(f"\nTarget evaluation ({cfg.data.eval_pattern}) after {cfg.method.method}:\n{table}",

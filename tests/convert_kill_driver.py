@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from advent_tf.data import convert
+from advent_tf.data import tfrecord_writer
 from advent_tf.data import sources
 
 
@@ -40,7 +40,7 @@ def convert_killed_at(root, output_dir, split, num_shards, kill_at):
     replace, remove = os.replace, os.remove
     os.replace, os.remove = killing(replace), killing(remove)
     try:
-        convert.convert_split(source, str(output_dir), split, num_shards=num_shards,
+        tfrecord_writer.convert_split(source, str(output_dir), split, num_shards=num_shards,
                               num_workers=1)
     finally:
         os.replace, os.remove = replace, remove

@@ -15,7 +15,8 @@ import two_cpus
 
 MIRRORED = two_cpus.mirrored_strategy()
 
-from advent_tf import config, factory  # noqa: E402
+from advent_tf.experiment import config  # noqa: E402
+from advent_tf.experiment import factory  # noqa: E402
 
 D_LEARNING_RATE = 1e-4
 

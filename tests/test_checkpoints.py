@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advent_tf import optimizers
-from advent_tf.training import checkpoints
+from advent_tf.core import optimizers
+from advent_tf.training import checkpointing
 
 
 def _model_and_checkpoint(units=3):
@@ -44,7 +44,7 @@ def saved(tmp_path):
 def _restore(directory, units=3):
     model, sgd, checkpoint = _model_and_checkpoint(units)
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=None)
-    path = checkpoints.restore_latest(checkpoint, manager)
+    path = checkpointing.restore_latest(checkpoint, manager)
     sgd.build(model.trainable_variables)  # slots restore when created, as in training
     return path, _state(model, sgd)
 
@@ -103,9 +103,9 @@ def test_set_aside_twice_keeps_both_copies(saved):
     directory, _ = saved
     newest = os.path.join(directory, "ckpt-2")
     _truncate(newest + ".index", 0)
-    checkpoints._set_aside(newest)
+    checkpointing._set_aside(newest)
     open(newest + ".index", "wb").close()
-    checkpoints._set_aside(newest)
+    checkpointing._set_aside(newest)
     assert sorted(os.listdir(os.path.join(directory, "unreadable"))) == [
         "ckpt-2.data-00000-of-00001", "ckpt-2.index", "ckpt-2.index.1"]
 
@@ -114,13 +114,13 @@ def test_no_readable_checkpoint_is_an_error_naming_them(saved):
     directory, _ = saved
     for number in (1, 2):
         _truncate(os.path.join(directory, f"ckpt-{number}.index"), 0)
-    with pytest.raises(checkpoints.NoReadableCheckpointError, match=r"ckpt-2, .*ckpt-1"):
+    with pytest.raises(checkpointing.NoReadableCheckpointError, match=r"ckpt-2, .*ckpt-1"):
         _restore(directory)
 
 
 def test_checkpoint_of_another_shape_is_refused(saved):
     directory, _ = saved
-    with pytest.raises(checkpoints.CheckpointMismatchError,
+    with pytest.raises(checkpointing.CheckpointMismatchError,
                        match=r"ckpt-2 does not fit .*shape \(4, 3\).*\(4, 5\)"):
         _restore(directory, units=5)
     assert not os.path.exists(os.path.join(directory, "unreadable"))
@@ -133,8 +133,8 @@ def test_checkpoint_lacking_objects_of_this_run_is_refused(saved):
     checkpoint = tf.train.Checkpoint(segmenter=model, optimizer=sgd,
                                      discriminator_main=discriminator)
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=None)
-    with pytest.raises(checkpoints.CheckpointMismatchError, match="ckpt-2 does not fit"):
-        checkpoints.restore_latest(checkpoint, manager)
+    with pytest.raises(checkpointing.CheckpointMismatchError, match="ckpt-2 does not fit"):
+        checkpointing.restore_latest(checkpoint, manager)
 
 
 def test_empty_directory_restores_nothing(tmp_path):

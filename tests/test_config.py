@@ -8,8 +8,8 @@ import sys
 import pytest
 from absl import logging
 
-from advent_tf import config
-from advent_tf.training import run_dir
+from advent_tf.experiment import config
+from advent_tf.experiment import run_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +44,8 @@ def test_the_flagfile_relaunches_the_same_config(tmp_path):
         multi_level=False, backbone_update_repeats="reference",
         mixed_precision="mixed_bfloat16", train_dir=str(tmp_path)))
     run_dir.write(str(tmp_path), cfg)
-    script = ("import sys; from absl import flags; from advent_tf import train, config\n"
+    script = ("import sys; from absl import flags; from advent_tf import train\n"
+              "from advent_tf.experiment import config\n"
               "flags.FLAGS(['train', '--flagfile=' + sys.argv[1]])\n"
               "print(config.to_json(train.config_from_flags()))\n")
     result = subprocess.run([sys.executable, "-c", script,

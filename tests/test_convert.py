@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import pytorch_reference
-from advent_tf import convert
+from advent_tf import pytorch_interop
 from advent_tf.models import build_segmenter
 from advent_tf.models.resnet import RESNET_BLOCKS
-from advent_tf.preprocessing import preprocess_image
+from advent_tf.core.preprocessing import preprocess_image
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLI = REPO_ROOT / "tools" / "convert_pytorch_checkpoint.py"
@@ -70,7 +70,7 @@ def _assert_outputs_match(weights, torch_net, image, backbone="resnet_tiny",
     model = build_segmenter(backbone, num_classes=NUM_CLASSES, multi_level=multi_level,
                             bn_mode=bn_mode)
     if isinstance(weights, dict):
-        convert.load_state_dict_into_model(model, weights)
+        pytorch_interop.load_state_dict_into_model(model, weights)
     else:
         model.load_weights(weights)
     keras_out = model(image, training=False)
@@ -114,12 +114,12 @@ def tiny_checkpoint(tiny_net, tmp_path_factory):
 
 def test_model_checkpoint_matches_pytorch(tiny_net, tiny_checkpoint, image, tmp_path):
     output = tmp_path / "tiny.weights.h5"
-    summary = convert.convert_checkpoint(
+    summary = pytorch_interop.convert_checkpoint(
         tiny_checkpoint, output, backbone="resnet_tiny", num_classes=NUM_CLASSES)
     num_tensors = sum(not k.endswith("num_batches_tracked")
                       for k in tiny_net.state_dict())
-    assert summary == convert.ConversionSummary(
-        checkpoint_format=convert.FORMAT_MODEL, num_tensors=num_tensors,
+    assert summary == pytorch_interop.ConversionSummary(
+        checkpoint_format=pytorch_interop.FORMAT_MODEL, num_tensors=num_tensors,
         skipped_keys=(), renamed_heads={}, heads_converted=True)
     _assert_outputs_match(output, tiny_net, image)
     assert sorted(os.listdir(tmp_path)) == ["tiny.weights.h5"]
@@ -145,15 +145,15 @@ def test_single_level(head_name, image):
     # DeeplabResnet, whose only head maps to the main head.
     net = _torch_net(seed=2, multi_level=False, main_head_name=head_name)
     model = build_segmenter("resnet_tiny", num_classes=NUM_CLASSES, multi_level=False)
-    summary = convert.load_state_dict_into_model(model, _numpy_state_dict(net))
+    summary = pytorch_interop.load_state_dict_into_model(model, _numpy_state_dict(net))
     assert summary.renamed_heads == ({"layer5": "layer6"} if head_name == "layer5" else {})
     _assert_close(model(image, training=False), _run_torch(net, image)[0])
 
 
 def test_multi_level_checkpoint_into_single_level_model_is_rejected(tiny_net):
     model = build_segmenter("resnet_tiny", num_classes=NUM_CLASSES, multi_level=False)
-    with pytest.raises(convert.ConversionError) as info:
-        convert.load_state_dict_into_model(model, _numpy_state_dict(tiny_net))
+    with pytest.raises(pytorch_interop.StateDictMismatchError) as info:
+        pytorch_interop.load_state_dict_into_model(model, _numpy_state_dict(tiny_net))
     assert info.value.unexpected == [f"layer5.conv2d_list.{i}.{p}"
                                      for i in range(4) for p in ("bias", "weight")]
     assert not info.value.missing and not info.value.mismatched
@@ -166,8 +166,8 @@ def test_imagenet_init_checkpoint(image):
     state_dict = {f"Scale.{k}": v for k, v in _numpy_state_dict(net).items()}
     model = build_segmenter("resnet_tiny", num_classes=NUM_CLASSES)
     fresh_heads = [w.numpy() for w in _head_weights(model)]
-    summary = convert.load_state_dict_into_model(model, state_dict)
-    assert summary.checkpoint_format == convert.FORMAT_IMAGENET_INIT
+    summary = pytorch_interop.load_state_dict_into_model(model, state_dict)
+    assert summary.checkpoint_format == pytorch_interop.FORMAT_IMAGENET_INIT
     assert not summary.heads_converted
     assert summary.skipped_keys == tuple(
         k for k in state_dict if k.startswith("Scale.layer5."))
@@ -205,8 +205,8 @@ def corrupt_checkpoint(tiny_net, tmp_path_factory):
 def test_mismatch_lists_every_key_and_keeps_output(corrupt_checkpoint, tmp_path):
     existing = tmp_path / "existing.weights.h5"
     existing.write_bytes(b"previous weights")
-    with pytest.raises(convert.ConversionError) as info:
-        convert.convert_checkpoint(corrupt_checkpoint, existing, backbone="resnet_tiny")
+    with pytest.raises(pytorch_interop.StateDictMismatchError) as info:
+        pytorch_interop.convert_checkpoint(corrupt_checkpoint, existing, backbone="resnet_tiny")
     error = info.value
     assert error.missing == ["layer2.0.conv1.weight", "layer5.conv2d_list.3.bias"]
     assert error.unexpected == ["fc.bias", "layer7.conv1.weight"]
@@ -242,8 +242,8 @@ def test_pickled_objects_are_refused(tmp_path):
     checkpoint = _save({"conv1.weight": torch.zeros(1), "hook": _ArbitraryObject(marker)},
                        tmp_path / "pickle.pth")
     output = tmp_path / "out.weights.h5"
-    with pytest.raises(convert.CheckpointError, match="weights_only"):
-        convert.convert_checkpoint(checkpoint, output)
+    with pytest.raises(pytorch_interop.PyTorchCheckpointError, match="weights_only"):
+        pytorch_interop.convert_checkpoint(checkpoint, output)
     assert not marker.exists()
     assert not output.exists()
 
@@ -257,8 +257,8 @@ def test_checkpoint_variants_read_alike(variant, tiny_net, tiny_checkpoint, tmp_
         torch.save({"state_dict": tiny_net.state_dict(), "iteration": 120000}, path)
     else:
         torch.save(tiny_net.state_dict(), path, _use_new_zipfile_serialization=False)
-    plain = convert.load_pytorch_state_dict(tiny_checkpoint)
-    variant_state = convert.load_pytorch_state_dict(path)
+    plain = pytorch_interop.load_pytorch_state_dict(tiny_checkpoint)
+    variant_state = pytorch_interop.load_pytorch_state_dict(path)
     assert variant_state.keys() == plain.keys()
     assert all(np.array_equal(variant_state[k], plain[k]) for k in plain)
 
@@ -266,11 +266,11 @@ def test_checkpoint_variants_read_alike(variant, tiny_net, tiny_checkpoint, tmp_
 @pytest.mark.parametrize("content", [{"conv1.weight": torch.zeros(1), "epoch": 3},
                                      [torch.zeros(1)]])
 def test_non_state_dicts_are_refused(content, tmp_path):
-    with pytest.raises(convert.CheckpointError):
-        convert.load_pytorch_state_dict(_save(content, tmp_path / "x.pth"))
+    with pytest.raises(pytorch_interop.PyTorchCheckpointError):
+        pytorch_interop.load_pytorch_state_dict(_save(content, tmp_path / "x.pth"))
 
 
 def test_output_must_be_a_keras_weights_file(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match=r"\.weights\.h5"):
-        convert.convert_checkpoint(tiny_checkpoint, tmp_path / "out.h5",
+        pytorch_interop.convert_checkpoint(tiny_checkpoint, tmp_path / "out.h5",
                                    backbone="resnet_tiny")

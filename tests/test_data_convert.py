@@ -18,7 +18,7 @@ import PIL.Image
 import pytest
 import tensorflow as tf
 
-from advent_tf.data import convert
+from advent_tf.data import tfrecord_writer
 from advent_tf.data import example as example_lib
 from advent_tf.data import pipeline
 from advent_tf.data import sources
@@ -314,7 +314,7 @@ def test_stale_shards_are_ignored_then_removed(tmp_path):
     root = make_named_folder(tmp_path / "data", "img", 2)
     source = sources.folder(str(root), 2, label_map_file=str(root / "map.txt"))
     out = tmp_path / "out"
-    convert.convert_split(source, str(out), "train", num_shards=2)
+    tfrecord_writer.convert_split(source, str(out), "train", num_shards=2)
     listed = sorted(out.glob("train-g1-*.tfrecord"))
     # What interrupted conversions leave: shards of the next generation, one of
     # the names of converters before generations, a temporary folder.
@@ -331,11 +331,11 @@ def test_stale_shards_are_ignored_then_removed(tmp_path):
         read_names(out)
     (tmp_path / "away").rename(listed[1])
 
-    convert.convert_split(source, str(out), "train", num_shards=2)
+    tfrecord_writer.convert_split(source, str(out), "train", num_shards=2)
     assert sorted(os.listdir(out)) == [
         "train-g2-00000-of-00002.tfrecord", "train-g2-00001-of-00002.tfrecord",
         "train_manifest.json"]
     assert read_names(out) == ["img0.png", "img1.png"]
     # Such a split's shards would match the glob of split "train".
     with pytest.raises(ValueError, match="must not contain '-'"):
-        convert.convert_split(source, str(out), "train-extra")
+        tfrecord_writer.convert_split(source, str(out), "train-extra")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from advent_tf import constants
+from advent_tf.core import constants
 from advent_tf.data import labels
 
 

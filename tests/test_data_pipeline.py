@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advent_tf import constants
+from advent_tf.core import constants
 from advent_tf.data import demo
 from advent_tf.data import example as example_lib
 from advent_tf.data import image_io

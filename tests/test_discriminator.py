@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from advent_tf.models import build_discriminator, load_pytorch_discriminator_weights
+from advent_tf.pytorch_interop import load_pytorch_discriminator_weights
+from advent_tf.models import build_discriminator
 
 
 def _weighted_self_information(logits_nchw):

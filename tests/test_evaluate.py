@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advent_tf import checkpoint_io
-from advent_tf import evaluation
-from advent_tf import ops
-from advent_tf import sweep
+from advent_tf.experiment import segmenter_weights
+from advent_tf.inference import evaluation_protocol
+from advent_tf.core import ops
+from advent_tf.inference import sweep
 from advent_tf.data import demo
 from advent_tf.data import pipeline
 from advent_tf.models import build_segmenter, split_outputs
@@ -53,7 +53,7 @@ def _manual_hist(paths, weights, pattern):
     models = []
     for path in paths:
         model = build_segmenter("resnet_tiny", 19, True)
-        checkpoint_io.load_weights(model, path)
+        segmenter_weights.load_weights(model, path)
         models.append(model)
     hist = np.zeros((19, 19), np.int64)
     for batch in pipeline.make_eval_dataset(pattern, EVAL_SIZE):
@@ -88,7 +88,7 @@ def test_best_mode_resumes_an_interrupted_sweep(workdir):
     settings = {"eval_pattern": workdir["pattern"], "eval_size": [EVAL_SIZE[1], EVAL_SIZE[0]],
                 "num_classes": 19, "class_subset": None, "backbone": "resnet_tiny",
                 "multi_level": True}
-    cached = evaluation.summarize(np.diag([7.0] + [0.0] * 18))  # mIoU 100: must win.
+    cached = evaluation_protocol.summarize(np.diag([7.0] + [0.0] * 18))  # mIoU 100: must win.
     sweep.SweepCache(str(out / "sweep.json"), settings).store(
         os.path.join(workdir["run"], "checkpoints", "ckpt-2"), 2, cached)
     log = _cli("--mode=best", f"--train_dir={workdir['run']}", f"--output_dir={out}",
@@ -119,7 +119,7 @@ def test_best_mode_skips_a_damaged_checkpoint_and_names_it(workdir, tmp_path):
 
 
 def test_run_sweep_after_interruption_scores_only_the_rest(workdir, tmp_path):
-    checkpoints = checkpoint_io.list_checkpoints(workdir["run"])
+    checkpoints = segmenter_weights.list_checkpoints(workdir["run"])
     cache_path = str(tmp_path / "sweep.json")
     calls = []
 
@@ -142,22 +142,22 @@ def test_run_sweep_after_interruption_scores_only_the_rest(workdir, tmp_path):
 
 def test_loading_errors_name_the_file_and_the_flags(workdir, tmp_path):
     ckpt = os.path.join(workdir["run"], "checkpoints", "ckpt-4")
-    assert checkpoint_io.resolve(workdir["run"]) == ckpt
+    assert segmenter_weights.resolve(workdir["run"]) == ckpt
     with pytest.raises(FileNotFoundError, match="ckpt-9"):
-        checkpoint_io.load_segmenter(ckpt[:-1] + "9", "resnet_tiny", 19, True)
-    with pytest.raises(checkpoint_io.CheckpointError, match="--num_classes"):
-        checkpoint_io.load_segmenter(ckpt, "resnet_tiny", 16, True)
+        segmenter_weights.load_segmenter(ckpt[:-1] + "9", "resnet_tiny", 19, True)
+    with pytest.raises(segmenter_weights.CheckpointError, match="--num_classes"):
+        segmenter_weights.load_segmenter(ckpt, "resnet_tiny", 16, True)
     truncated = tmp_path / "ckpt-4"
     for suffix in (".index", ".data-00000-of-00001"):
         shutil.copy(ckpt + suffix, str(truncated) + suffix)
     with open(str(truncated) + ".data-00000-of-00001", "r+b") as f:
         f.truncate(40)
-    with pytest.raises(checkpoint_io.DamagedCheckpointError, match="ckpt-4: cannot be read"):
-        checkpoint_io.load_segmenter(str(truncated), "resnet_tiny", 19, True)
+    with pytest.raises(segmenter_weights.DamagedCheckpointError, match="ckpt-4: cannot be read"):
+        segmenter_weights.load_segmenter(str(truncated), "resnet_tiny", 19, True)
     bad = tmp_path / "bad.weights.h5"
     bad.write_bytes(b"not hdf5")
-    with pytest.raises(checkpoint_io.CheckpointError, match="bad.weights.h5"):
-        checkpoint_io.load_segmenter(str(bad), "resnet_tiny", 19, True)
+    with pytest.raises(segmenter_weights.CheckpointError, match="bad.weights.h5"):
+        segmenter_weights.load_segmenter(str(bad), "resnet_tiny", 19, True)
     result = subprocess.run(
         [sys.executable, "-m", "advent_tf.evaluate", "--backbone=resnet_tiny",
          f"--checkpoints={ckpt}", "--ensemble_weights=0.5,0.5",
@@ -167,16 +167,16 @@ def test_loading_errors_name_the_file_and_the_flags(workdir, tmp_path):
 
 
 def test_synthia_16_and_13_class_figures():
-    table = evaluation.label_mapping(19, 16)
+    table = evaluation_protocol.label_mapping(19, 16)
     assert table[9] == table[14] == table[16] == 255  # terrain, truck, train
     assert table[18] == 15 and table[255] == 255
-    assert evaluation.label_mapping(16, 16) is None
+    assert evaluation_protocol.label_mapping(16, 16) is None
     hist = np.diag(np.arange(1.0, 17.0))
     hist[0, 1] = 3.0  # road pixels predicted as sidewalk: road IoU 1/4, sidewalk 2/5.
-    summary = evaluation.summarize(hist, class_subset=13)
+    summary = evaluation_protocol.summarize(hist, class_subset=13)
     assert summary["iou"]["road"] == 25.0 and summary["iou"]["sidewalk"] == 40.0
     assert summary["miou"] == pytest.approx((25 + 40 + 1400) / 16)
     assert summary["miou_13"] == pytest.approx((25 + 40 + 1100) / 13)
-    assert "mIoU-13" in evaluation.format_summary(summary)
+    assert "mIoU-13" in evaluation_protocol.format_summary(summary)
     with pytest.raises(ValueError):
-        evaluation.summarize(np.eye(19), class_subset=13)
+        evaluation_protocol.summarize(np.eye(19), class_subset=13)

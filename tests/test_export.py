@@ -10,8 +10,8 @@ import PIL.Image
 import pytest
 import tensorflow as tf
 
-from advent_tf import inference
-from advent_tf import serving
+from advent_tf.inference import segment
+from advent_tf.inference import saved_model
 from advent_tf.data import labels
 from advent_tf.models import build_segmenter
 
@@ -29,11 +29,11 @@ def exported(tmp_path_factory):
     export_dir = str(tmp_path_factory.mktemp("export") / "advent")
     tf.keras.utils.set_random_seed(3)
     model = build_segmenter("resnet_tiny", 16, True)
-    path = serving.export([(model, 1.0)], labels.class_names(16), MODEL_SIZE, export_dir,
+    path = saved_model.export([(model, 1.0)], labels.class_names(16), MODEL_SIZE, export_dir,
                           with_probabilities=True)
     images = np.random.default_rng(0).integers(0, 256, (2, 20, 36, 3), dtype=np.uint8)
-    keras_outputs = inference.segment(
-        inference.logits_at_input_resolution([(model, 1.0)], images, MODEL_SIZE))
+    keras_outputs = segment.segmentation_maps(
+        segment.logits_at_input_resolution([(model, 1.0)], images, MODEL_SIZE))
     return {"dir": export_dir, "path": path, "images": images,
             "keras": {k: v.numpy() for k, v in keras_outputs.items()}}
 
@@ -74,10 +74,10 @@ def test_malformed_requests_are_errors(exported, loaded, payload):
 
 
 def test_versions_are_never_overwritten(exported):
-    assert serving.next_version(exported["dir"]) == 2
-    assert serving.resolve_saved_model(exported["dir"]) == exported["path"]
+    assert saved_model.next_version(exported["dir"]) == 2
+    assert saved_model.resolve_saved_model(exported["dir"]) == exported["path"]
     with pytest.raises(FileExistsError):
-        serving.export([], labels.class_names(16), MODEL_SIZE, exported["dir"], version=1)
+        saved_model.export([], labels.class_names(16), MODEL_SIZE, exported["dir"], version=1)
 
 
 def _saved_model_cli(*args):

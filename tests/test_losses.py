@@ -1,4 +1,4 @@
-"""Tests for advent_tf.losses against the official PyTorch ADVENT code.
+"""Tests for advent_tf.core.losses against the official PyTorch ADVENT code.
 
 The loss functions are XLA-compiled tf.functions, so every value and gradient
 checked here is the compiled one.
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advent_tf import losses
-from advent_tf import ops
+from advent_tf.core import losses
+from advent_tf.core import ops
 
 
 def _nhwc(a):

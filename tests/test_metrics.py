@@ -1,4 +1,4 @@
-"""Tests for advent_tf.metrics against the reference's confusion matrix and IoU."""
+"""Tests for advent_tf.core.metrics against the reference's confusion matrix and IoU."""
 
 import textwrap
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advent_tf import constants
-from advent_tf import metrics
+from advent_tf.core import constants
+from advent_tf.core import metrics
 
 import two_cpus
 
@@ -73,7 +73,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     import two_cpus
     strategy = two_cpus.mirrored_strategy()
-    from advent_tf import metrics
+    from advent_tf.core import metrics
 
     data = np.load(sys.argv[1])
     with strategy.scope():

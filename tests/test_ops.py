@@ -1,10 +1,10 @@
-"""Tests for advent_tf.ops against the reference's align_corners=True upsampling."""
+"""Tests for advent_tf.core.ops against the reference's align_corners=True upsampling."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from advent_tf import ops
+from advent_tf.core import ops
 
 
 def _nhwc(a):

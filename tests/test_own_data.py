@@ -16,7 +16,7 @@ import PIL.Image
 import pytest
 import tensorflow as tf
 
-from advent_tf import visualize
+from advent_tf.inference import visualize
 import train_helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,8 +115,8 @@ def test_own_dataset_through_every_command(num_classes, method, tmp_path):
 
 def test_a_network_flag_that_disagrees_with_the_run_is_refused(tmp_path):
     """--num_classes=19 for a run trained with 5 classes: a usage error naming both."""
-    from advent_tf import config
-    from advent_tf.training import run_dir
+    from advent_tf.experiment import config
+    from advent_tf.experiment import run_dir
 
     train_dir = tmp_path / "run"
     run_dir.write(str(train_dir), config.from_values(dict(

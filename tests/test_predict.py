@@ -8,10 +8,11 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from advent_tf import constants
-from advent_tf import serving
+from advent_tf.core import constants
+from advent_tf.inference import image_files
+from advent_tf.inference import saved_model
 from advent_tf.data import labels
-from advent_tf import visualize
+from advent_tf.inference import visualize
 from advent_tf.models import build_segmenter
 
 
@@ -27,7 +28,7 @@ def workdir(tmp_path_factory):
     (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     model = build_segmenter("resnet_tiny", 16, False)
     model.save_weights(str(root / "model.weights.h5"))
-    serving.export([(model, 1.0)], labels.class_names(16), (16, 32), str(root / "export"))
+    saved_model.export([(model, 1.0)], labels.class_names(16), (16, 32), str(root / "export"))
     return root
 
 
@@ -71,3 +72,22 @@ def test_sixteen_class_maps_use_the_19_class_colours():
     np.testing.assert_array_equal(rgb[0, 4], [0, 0, 0])
     ramp = visualize.entropy_image(np.array([[0.0, 0.5, 1.0]]))
     assert ramp[0, 0].sum() < ramp[0, 1].sum() < ramp[0, 2].sum()
+
+
+def test_inputs_sharing_a_stem_never_share_an_output(tmp_path):
+    """a.png and a.jpg in one folder, and the same relative path under two folders."""
+    for folder in ("one", "two"):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        for name in ("a.png", "a.jpg", "b.png", "sub/c.png"):
+            (tmp_path / folder / name).write_bytes(b"")
+    (tmp_path / "notes.txt").write_bytes(b"")
+    inputs = [str(tmp_path / "one"), str(tmp_path / "two"), str(tmp_path / "one" / "b.png")]
+    found = image_files.list_images(inputs)
+    names = [name for _, name in found]
+    assert len(set(names)) == len(names) == 9, names
+    assert names[:4] == ["a_jpg", "a_png", "b_png", os.path.join("sub", "c_png")]
+    assert names[4:] == ["a_jpg_2", "a_png_2", "b_png_2", os.path.join("sub", "c_png_2"),
+                         "b_png_3"]
+    # A name unique among the inputs keeps the plain stem.
+    assert image_files.list_images([str(tmp_path / "one" / "sub")]) == [
+        (str(tmp_path / "one" / "sub" / "c.png"), "c")]

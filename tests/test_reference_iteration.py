@@ -10,7 +10,7 @@ and discriminator weight afterwards. The second iteration's losses see the
 first's SGD (momentum, coupled weight decay, heads at 10x, poly schedule)
 and Adam updates and BN statistics.
 
-Our side is built by `advent_tf.factory` from an `ExperimentConfig`, as
+Our side is built by `advent_tf.experiment.factory` from an `ExperimentConfig`, as
 `train` builds it. Hyper-parameters are the reference's except a larger
 learning rate and a short poly horizon, so that the updates are large enough to check and the
 schedule moves between the two steps. The backbone is listed once in the
@@ -25,7 +25,10 @@ import tensorflow as tf
 torch = pytest.importorskip("torch")
 import pytorch_reference  # noqa: E402  (tools/, on sys.path via conftest)
 
-from advent_tf import config, convert, factory, models  # noqa: E402
+from advent_tf import models  # noqa: E402
+from advent_tf.experiment import config  # noqa: E402
+from advent_tf import pytorch_interop  # noqa: E402
+from advent_tf.experiment import factory  # noqa: E402
 
 NUM_CLASSES = 7
 LEARNING_RATE = 2e-2
@@ -61,10 +64,8 @@ def _nchw(array):
 
 def _copy_discriminator(torch_d, name):
     keras_d = models.build_discriminator(NUM_CLASSES, name=name)
-    state = {k: v.numpy() for k, v in torch_d.state_dict().items()}
-    for index in (0, 2, 4, 6, 8):
-        keras_d.get_layer(f"D_{index}").set_weights(
-            [state[f"{index}.weight"].transpose(2, 3, 1, 0), state[f"{index}.bias"]])
+    pytorch_interop.load_pytorch_discriminator_weights(
+        keras_d, {f"D.{k}": v.numpy() for k, v in torch_d.state_dict().items()})
     return keras_d
 
 
@@ -79,7 +80,7 @@ def _build_pair(method):
                           pytorch_reference.get_fc_discriminator(NUM_CLASSES))
     cfg = _config(method)
     segmenter = factory.build_segmenter(cfg.model)
-    convert.load_state_dict_into_model(
+    pytorch_interop.load_state_dict_into_model(
         segmenter, {k: v.numpy() for k, v in net.state_dict().items()})
     copies = None
     if method == "advent":

@@ -1,4 +1,4 @@
-"""Tests for advent_tf.schedules and its consumer advent_tf.optimizers.
+"""Tests for advent_tf.core.schedules and its consumer advent_tf.core.optimizers.
 
 The poly learning rates and the SGD trajectories come from the reference. The
 optimizer is tested here, beside the schedule it consumes.
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advent_tf import optimizers
-from advent_tf import schedules
+from advent_tf.core import optimizers
+from advent_tf.core import schedules
 
 import two_cpus
 
@@ -178,7 +178,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     import two_cpus
     strategy = two_cpus.mirrored_strategy()
     import keras
-    from advent_tf import optimizers
+    from advent_tf.core import optimizers
 
     data = np.load(sys.argv[1])
     with strategy.scope():

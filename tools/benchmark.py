@@ -51,7 +51,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from advent_tf import config as config_lib  # no TF: TF stays unimported in the parent process
+# Neither imports TF: TF stays unimported in the parent process.
+from advent_tf.core import constants
+from advent_tf.experiment import config as config_lib
 
 _BACKBONE = flags.DEFINE_string("backbone", "resnet101",
                                 "Backbone (see advent_tf.models.BACKBONES).")
@@ -143,7 +145,7 @@ def _matches_reference(config):
 
 # -- Building the real training objects --------------------------------------
 def experiment_config(name, config, jit_compile):
-    """The `advent_tf.config.ExperimentConfig` of a benchmarked method.
+    """The `advent_tf.experiment.config.ExperimentConfig` of a benchmarked method.
 
     The reference hyper-parameters (the config's defaults: `TorchSGD` with
     momentum 0.9 and coupled weight decay 5e-4 on a poly schedule, ASPP heads
@@ -151,7 +153,7 @@ def experiment_config(name, config, jit_compile):
     dynamic loss scaling under mixed_float16), with the benchmark's network,
     precision and seed.
     """
-    from advent_tf import config as config_lib
+    from advent_tf.experiment import config as config_lib
 
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
@@ -172,7 +174,7 @@ def build_method(name, config, jit_compile):
     Returns:
       The compiled `advent_tf.methods.DomainAdaptationModel`.
     """
-    from advent_tf import factory
+    from advent_tf.experiment import factory
 
     return factory.build_method(experiment_config(name, config, jit_compile))
 
@@ -186,10 +188,10 @@ def random_arrays(config):
         # BGR minus the ImageNet mean: roughly [-123, 151].
         return rng.uniform(-120.0, 135.0, (batch, *size, 3)).astype(np.float32)
 
-    return {"source_image": image(config["source_size"]),
-            "source_label": rng.integers(0, config["num_classes"],
-                                         (batch, *config["source_size"])).astype(np.int32),
-            "target_image": image(config["target_size"])}
+    return {constants.SOURCE_IMAGE: image(config["source_size"]),
+            constants.SOURCE_LABEL: rng.integers(0, config["num_classes"],
+                                                 (batch, *config["source_size"])).astype(np.int32),
+            constants.TARGET_IMAGE: image(config["target_size"])}
 
 
 def random_batch(config):
@@ -298,7 +300,7 @@ def measure(kind, jit, config):
     import keras
     import tensorflow as tf
 
-    from advent_tf import evaluation
+    from advent_tf.inference import evaluation_protocol
 
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     if on_gpu:
@@ -318,7 +320,7 @@ def measure(kind, jit, config):
             # input size, then the argmax.
             @tf.function(jit_compile=jit)
             def infer(x):
-                logits = evaluation.ensemble_logits([(segmenter, 1.0)], x, tf.shape(x)[1:3])
+                logits = evaluation_protocol.ensemble_logits([(segmenter, 1.0)], x, tf.shape(x)[1:3])
                 return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
             timing = _time_calls(_fetched(lambda: infer(images)), config["warmup"],
@@ -377,8 +379,8 @@ def measure_pytorch(kind, config):
         arrays = random_arrays(config)
         trainer = pytorch_reference.ReferenceTrainer(kind, model, config["num_classes"],
                                                      autocast)
-        source, target = nchw(arrays["source_image"]), nchw(arrays["target_image"])
-        labels = torch.from_numpy(arrays["source_label"])
+        source, target = nchw(arrays[constants.SOURCE_IMAGE]), nchw(arrays[constants.TARGET_IMAGE])
+        labels = torch.from_numpy(arrays[constants.SOURCE_LABEL])
         call = lambda: trainer.step(source, labels, target)  # noqa: E731
 
     # Synchronous on CPU: losses are fetched with .item(), maps are returned.

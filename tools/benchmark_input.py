@@ -18,7 +18,7 @@ from absl import flags
 import numpy as np
 import PIL.Image
 
-from advent_tf.data import convert
+from advent_tf.data import tfrecord_writer
 from advent_tf.data import demo_scenes
 from advent_tf.data import pipeline
 from advent_tf.data import sources
@@ -62,7 +62,7 @@ def _make_split(scratch, domain, stored, labelled):
         f.writelines(f"{i} {i}\n" for i in range(19))
     source = sources.folder(root, 19, label_map_file=label_map, labels=labelled)
     output_dir = os.path.join(scratch, "records", domain)
-    convert.convert_split(source, output_dir, "train", num_shards=4,
+    tfrecord_writer.convert_split(source, output_dir, "train", num_shards=4,
                           num_workers=os.cpu_count() or 1)
     return os.path.join(output_dir, "train-*.tfrecord")
 

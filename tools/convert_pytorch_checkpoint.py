@@ -13,7 +13,7 @@ Examples:
 
 Load the result with the same model arguments:
 ``build_segmenter(backbone, num_classes, multi_level).load_weights(output)``.
-See `advent_tf.convert` for the key mapping. Exits with status 1, writing
+See `advent_tf.pytorch_interop` for the key mapping. Exits with status 1, writing
 nothing, if the checkpoint cannot be read safely or does not match the model.
 """
 
@@ -21,9 +21,10 @@ import sys
 
 from absl import app, flags, logging
 
-from advent_tf import convert
+from advent_tf import pytorch_interop
+from advent_tf import models
 
-_INPUT = flags.DEFINE_string("input", None, "PyTorch checkpoint (.pth) to convert.")
+_INPUT = flags.DEFINE_string("input", None, "PyTorch checkpoint (.pth) to pytorch_interop.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Keras weights file to write; must end in .weights.h5.")
 _NUM_CLASSES = flags.DEFINE_integer(
@@ -34,7 +35,7 @@ _MULTI_LEVEL = flags.DEFINE_bool(
     "Whether the network has the auxiliary layer5 head on layer3 (the "
     "released ADVENT models do).")
 _BACKBONE = flags.DEFINE_enum(
-    "backbone", "resnet101", convert.BACKBONES, "Depth of the DeepLab-V2 ResNet.")
+    "backbone", "resnet101", models.RESNET_BACKBONES, "Depth of the DeepLab-V2 ResNet.")
 
 flags.mark_flags_as_required(["input", "output"])
 
@@ -43,10 +44,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        summary = convert.convert_checkpoint(
+        summary = pytorch_interop.convert_checkpoint(
             _INPUT.value, _OUTPUT.value, backbone=_BACKBONE.value,
             num_classes=_NUM_CLASSES.value, multi_level=_MULTI_LEVEL.value)
-    except convert.ConversionError as err:
+    except pytorch_interop.StateDictMismatchError as err:
         # The message lists every offending key; a traceback would bury it.
         print(f"Conversion failed: {err}\nCheck --backbone, --num_classes and "
               "--multi_level against the checkpoint.", file=sys.stderr)

@@ -27,7 +27,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from advent_tf.data import convert
+from advent_tf.data import tfrecord_writer
 from advent_tf.data import sources
 
 _DATASET = flags.DEFINE_enum(
@@ -87,10 +87,10 @@ def main(argv):
     logging.info("%s %s: %d samples -> %s", _DATASET.value, _SPLIT.value,
                  len(source.samples), _OUTPUT_DIR.value)
     try:
-        manifest = convert.convert_split(
+        manifest = tfrecord_writer.convert_split(
             source, _OUTPUT_DIR.value, _SPLIT.value, num_shards=_NUM_SHARDS.value,
             num_workers=num_workers, skip_bad=_SKIP_BAD.value)
-    except convert.ConversionError as e:
+    except tfrecord_writer.BadSamplesError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{_DATASET.value} {_SPLIT.value}: {manifest['num_examples']} examples in "

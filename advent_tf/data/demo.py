@@ -21,8 +21,8 @@ import tempfile
 import numpy as np
 import PIL.Image
 
-from advent_tf import constants
-from advent_tf.data import convert
+from advent_tf.core import constants
+from advent_tf.data import tfrecord_writer
 from advent_tf.data import demo_scenes
 from advent_tf.data import sources
 
@@ -93,7 +93,7 @@ def make_demo_data(output_dir, seed=0, image_size=DEFAULT_IMAGE_SIZE, splits=DEF
             _write_folder(root, seed, domain, split, count, image_size)
             source = sources.folder(root, len(constants.CITYSCAPES_CLASS_NAMES),
                                     label_map_file=label_map, labels=labelled)
-            convert.convert_split(source, os.path.join(output_dir, domain), split,
+            tfrecord_writer.convert_split(source, os.path.join(output_dir, domain), split,
                                   num_shards=num_shards, num_workers=1)
     with open(info_path, "w", encoding="utf-8") as f:
         json.dump(_info(seed, image_size, splits, num_shards), f, indent=1)

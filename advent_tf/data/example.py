@@ -1,12 +1,12 @@
 """The tf.train.Example format of the project and its shard file names.
 
 The keys are the ones deeplab2, Model Garden and research/deeplab share
-(`advent_tf.constants.KEY_*`); unlabelled splits omit the label keys.
+(`advent_tf.core.constants.KEY_*`); unlabelled splits omit the label keys.
 """
 
 import tensorflow as tf
 
-from advent_tf import constants
+from advent_tf.core import constants
 
 SHARD_SUFFIX = ".tfrecord"
 

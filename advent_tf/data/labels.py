@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from advent_tf import constants
+from advent_tf.core import constants
 
 _UNKNOWN = -1
 

@@ -26,8 +26,8 @@ an InvalidArgumentError that names the shard (and the image file name).
 
 import tensorflow as tf
 
-from advent_tf import constants
-from advent_tf import preprocessing
+from advent_tf.core import constants
+from advent_tf.core import preprocessing
 from advent_tf.data import example as example_lib
 from advent_tf.data import records as records_lib
 from advent_tf.data import transforms
@@ -142,7 +142,7 @@ def make_train_dataset(source_pattern, target_pattern, source_size, target_size,
       An infinite dataset of dicts {"source_image": float32 [B, Hs, Ws, 3],
       "source_label": int32 [B, Hs, Ws] (255 = ignore), "target_image":
       float32 [B, Ht, Wt, 3]}, images preprocessed by
-      `advent_tf.preprocessing.preprocess_image` (BGR minus mean).
+      `advent_tf.core.preprocessing.preprocess_image` (BGR minus mean).
 
     Raises:
       FileNotFoundError: a pattern matches no shard, or a shard listed by

@@ -8,7 +8,7 @@ pipeline augments identically from run to run even with parallel maps.
 
 import tensorflow as tf
 
-from advent_tf import constants
+from advent_tf.core import constants
 
 
 def resize_image(image, size):

@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-from advent_tf import constants
-from advent_tf import losses
+from advent_tf.core import constants
+from advent_tf.core import losses
 from advent_tf.methods import base
 
 

@@ -19,10 +19,10 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from advent_tf import config
-from advent_tf import constants
-from advent_tf import losses
-from advent_tf import ops
+from advent_tf.experiment import config
+from advent_tf.core import constants
+from advent_tf.core import losses
+from advent_tf.core import ops
 from advent_tf.models import split_outputs
 
 

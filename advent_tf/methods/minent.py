@@ -1,7 +1,7 @@
 """MinEnt (paper eq. 4), with the optional entropy ranking (ER) and class-ratio prior (CP)."""
 
-from advent_tf import constants
-from advent_tf import losses
+from advent_tf.core import constants
+from advent_tf.core import losses
 from advent_tf.methods import base
 
 

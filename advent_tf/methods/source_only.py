@@ -1,6 +1,6 @@
 """Source-only baseline: the segmenter trained on labelled source images alone."""
 
-from advent_tf import constants
+from advent_tf.core import constants
 from advent_tf.methods import base
 
 

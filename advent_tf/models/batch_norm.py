@@ -13,7 +13,7 @@ semantics explicitly.
 import keras
 import tensorflow as tf
 
-from advent_tf.config import BN_MODES
+from advent_tf.experiment.config import BN_MODES
 
 
 @keras.saving.register_keras_serializable(package="advent_tf")

@@ -7,7 +7,8 @@ from advent_tf.models.batch_norm import BN_MODES
 from advent_tf.models.resnet import RESNET_BLOCKS, build_resnet
 from advent_tf.models.vgg import build_vgg16
 
-BACKBONES = tuple(RESNET_BLOCKS) + ("vgg16",)
+RESNET_BACKBONES = tuple(RESNET_BLOCKS)
+BACKBONES = RESNET_BACKBONES + ("vgg16",)
 
 # Layer-name prefixes of the ASPP classifiers: layer5 (aux) / layer6 (main)
 # in the ResNet, classifier in VGG-16. They train with a 10x learning rate.

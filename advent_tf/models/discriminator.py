@@ -8,14 +8,13 @@ activations ``D_1, ..., D_7``) so that state-dict keys ``D.N.*`` map by name.
 """
 
 import keras
-import numpy as np
 
 from advent_tf.models.layers import (
     pytorch_default_bias_initializer,
     pytorch_default_kernel_initializer,
 )
 
-_CONV_INDICES = (0, 2, 4, 6, 8)
+CONV_INDICES = (0, 2, 4, 6, 8)
 _KERNEL_SIZE = 4
 
 
@@ -36,7 +35,7 @@ def build_discriminator(num_classes=19, ndf=64, name="discriminator"):
     inputs = keras.Input(shape=(None, None, num_classes), name="self_information")
     x = inputs
     in_channels = num_classes
-    for i, (index, out_channels) in enumerate(zip(_CONV_INDICES, filters)):
+    for i, (index, out_channels) in enumerate(zip(CONV_INDICES, filters)):
         # Explicit symmetric padding 1 + VALID is PyTorch's padding=1 exactly;
         # 'same' with stride 2 would pad asymmetrically.
         x = keras.layers.ZeroPadding2D(1, name=f"D_{index}_pad")(x)
@@ -50,31 +49,3 @@ def build_discriminator(num_classes=19, ndf=64, name="discriminator"):
             x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"D_{index + 1}")(x)
         in_channels = out_channels
     return keras.Model(inputs, x, name=name)
-
-
-def load_pytorch_discriminator_weights(model, state_dict):
-    """Copies PyTorch discriminator weights into a `build_discriminator` model.
-
-    Args:
-      model: A model from `build_discriminator`.
-      state_dict: Mapping of ``D.N.weight`` (OIHW) and ``D.N.bias`` arrays for
-        N in 0, 2, 4, 6, 8 (numpy arrays or anything `np.asarray` accepts).
-
-    Raises:
-      KeyError: If a weight or bias is missing.
-      ValueError: If an array's shape does not match the model's layer.
-    """
-    for index in _CONV_INDICES:
-        layer = model.get_layer(f"D_{index}")
-        weight_key, bias_key = f"D.{index}.weight", f"D.{index}.bias"
-        missing = [k for k in (weight_key, bias_key) if k not in state_dict]
-        if missing:
-            raise KeyError(f"state_dict lacks {missing}.")
-        kernel = np.transpose(np.asarray(state_dict[weight_key]), (2, 3, 1, 0))
-        bias = np.asarray(state_dict[bias_key])
-        expected = tuple(tuple(v.shape) for v in layer.weights)
-        if (kernel.shape, bias.shape) != expected:
-            raise ValueError(
-                f"Layer D_{index} expects kernel/bias shapes {expected}, got "
-                f"{(kernel.shape, bias.shape)} (HWIO after transposing OIHW).")
-        layer.set_weights([kernel, bias])

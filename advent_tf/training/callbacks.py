@@ -8,11 +8,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advent_tf import constants
-from advent_tf import evaluation
-from advent_tf import inference
-from advent_tf import preprocessing
-from advent_tf import visualize
+from advent_tf.core import constants
+from advent_tf.inference import evaluation_protocol
+from advent_tf.inference import segment
+from advent_tf.core import preprocessing
+from advent_tf.inference import visualize
 
 
 class NonFiniteLossError(RuntimeError):
@@ -142,7 +142,7 @@ class TensorBoardSummaries(keras.callbacks.Callback):
     def _write_images(self, step):
         for domain in ("source", "target"):
             images = self.sample[constants.DOMAIN_IMAGE[domain]]
-            result = inference.segment(evaluation.ensemble_logits(
+            result = segment.segmentation_maps(evaluation_protocol.ensemble_logits(
                 [(self.model.segmenter, 1.0)], images, tf.shape(images)[1:3]))
             tf.summary.image(f"{domain}/input", preprocessing.unpreprocess_image(images), step=step)
             tf.summary.image(f"{domain}/prediction", self._colour(result["class_map"]), step=step)
@@ -154,7 +154,7 @@ class TensorBoardSummaries(keras.callbacks.Callback):
 class PeriodicEvaluation(keras.callbacks.Callback):
     """Scores the segmenter on a labelled target split every `every` steps.
 
-    Uses the evaluation protocol of `advent_tf.evaluation` and writes
+    Uses the evaluation protocol of `advent_tf.inference.evaluation_protocol` and writes
     `eval/mIoU` and per-class IoU scalars beside the training summaries.
 
     Args:
@@ -175,8 +175,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         step = global_step(self.model)
         if step % self.every:
             return
-        hist = evaluation.evaluate([(self.model.segmenter, 1.0)], self.dataset_fn(),
+        hist = evaluation_protocol.evaluate([(self.model.segmenter, 1.0)], self.dataset_fn(),
                                    len(self.class_names))
-        summary = evaluation.summarize(hist, self.class_names)
-        evaluation.write_scalars(self.writer, summary, step)
+        summary = evaluation_protocol.summarize(hist, self.class_names)
+        evaluation_protocol.write_scalars(self.writer, summary, step)
         logging.info("step %d  target mIoU %.2f", step, summary["miou"])

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import PIL.Image
 
-from advent_tf import constants
+from advent_tf.core import constants
 
 # Anchors of a dark-to-bright colour ramp (black, purple, red, orange, pale
 # yellow: the look of the paper's entropy figures); confident pixels are dark.

@@ -16,9 +16,9 @@ import math
 
 import tensorflow as tf
 
-from advent_tf import constants
-from advent_tf import ops
-from advent_tf import xla
+from advent_tf.core import constants
+from advent_tf.core import ops
+from advent_tf.core import xla
 
 # Domain labels of the discriminator as the reference code assigns them. The
 # paper (eq. 7-9) writes source = 1 and target = 0; only the naming of the two

@@ -35,13 +35,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from advent_tf import constants
+from advent_tf.core import constants
 from advent_tf.data import example as example_lib
 from advent_tf.data import image_io
 from advent_tf.data import manifest as manifest_lib
 
 
-class ConversionError(Exception):
+class BadSamplesError(Exception):
     """Some samples could not be converted and skipping them was not asked for.
 
     Attributes:
@@ -202,7 +202,7 @@ def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_
       [num_classes], ignored_pixel_count, skipped [{file, error}].
 
     Raises:
-      ConversionError: some samples are bad and `skip_bad` is False; then
+      BadSamplesError: some samples are bad and `skip_bad` is False; then
         nothing is written and the published split is kept.
       ValueError: the split name contains '-'.
     """
@@ -229,7 +229,7 @@ def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_
         results = _run_shards(tasks, num_workers)
         bad = [item for result in results for item in result.bad]
         if bad and (not skip_bad or len(bad) == len(samples)):
-            raise ConversionError(split, bad)
+            raise BadSamplesError(split, bad)
         manifest = _split_manifest(source, split, generation, names, results, bad)
         for name in names:
             os.replace(os.path.join(temp_dir, name), os.path.join(output_dir, name))

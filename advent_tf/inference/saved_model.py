@@ -26,7 +26,7 @@ import tempfile
 
 import tensorflow as tf
 
-from advent_tf import inference
+from advent_tf.inference import segment
 
 _VERSION_RE = re.compile(r"^\d+$")
 
@@ -53,8 +53,8 @@ class SegmentationModule(tf.Module):
 
     def _outputs(self, images):
         members = list(zip(self.segmenters, self._weights))
-        logits = inference.logits_at_input_resolution(members, images, self._model_size)
-        outputs = inference.segment(logits)
+        logits = segment.logits_at_input_resolution(members, images, self._model_size)
+        outputs = segment.segmentation_maps(logits)
         if not self._with_probabilities:
             del outputs["probabilities"]
         return outputs
@@ -71,10 +71,10 @@ class SegmentationModule(tf.Module):
         """Maps of a batch of encoded images of one size."""
         with tf.control_dependencies([tf.debugging.assert_positive(
                 tf.size(image_bytes), message="empty batch of images")]):
-            first_shape = tf.shape(inference.decode_image(image_bytes[0]))
+            first_shape = tf.shape(segment.decode_image(image_bytes[0]))
 
         def decode(encoded):
-            image = inference.decode_image(encoded)
+            image = segment.decode_image(encoded)
             with tf.control_dependencies([tf.debugging.assert_equal(
                     tf.shape(image), first_shape,
                     message="all images of a request must have the same size")]):

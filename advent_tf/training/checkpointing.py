@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from advent_tf import checkpoint_io
+from advent_tf.experiment import segmenter_weights
 from advent_tf.training import callbacks
 
 
@@ -156,7 +156,7 @@ def restore_latest(checkpoint, manager):
     for path in candidates:
         try:
             status = checkpoint.restore(path)
-        except checkpoint_io.CHECKPOINT_READ_ERRORS as error:
+        except segmenter_weights.CHECKPOINT_READ_ERRORS as error:
             if not tf.io.gfile.glob(path + ".*"):
                 logging.warning("Checkpoint %s is listed but has no files; trying an older one.",
                                 path)

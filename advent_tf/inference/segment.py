@@ -10,10 +10,10 @@ image's own resolution before the softmax, the argmax and the entropy (eq. 2).
 
 import tensorflow as tf
 
-from advent_tf import evaluation
-from advent_tf import losses
-from advent_tf import preprocessing
-from advent_tf import xla
+from advent_tf.inference import evaluation_protocol
+from advent_tf.core import losses
+from advent_tf.core import preprocessing
+from advent_tf.core import xla
 from advent_tf.data import transforms
 
 
@@ -41,10 +41,10 @@ def logits_at_input_resolution(members, images, model_size):
     """
     images = tf.cast(images, tf.float32)
     inputs = preprocessing.preprocess_image(transforms.resize_image(images, model_size))
-    return evaluation.ensemble_logits(members, inputs, tf.shape(images)[1:3])
+    return evaluation_protocol.ensemble_logits(members, inputs, tf.shape(images)[1:3])
 
 
-def segment(logits):
+def segmentation_maps(logits):
     """Class map, entropy map (eq. 2, in [0, 1]) and probabilities of logits.
 
     Args:

@@ -12,9 +12,9 @@ and 13-class mIoU from the same matrix.
 import numpy as np
 import tensorflow as tf
 
-from advent_tf import constants
-from advent_tf import metrics
-from advent_tf import ops
+from advent_tf.core import constants
+from advent_tf.core import metrics
+from advent_tf.core import ops
 from advent_tf.data import labels as labels_lib
 from advent_tf.models import split_outputs
 

@@ -16,7 +16,7 @@ import os
 
 from absl import logging
 
-from advent_tf import config as config_lib
+from advent_tf.experiment import config as config_lib
 
 CONFIG_FILENAME = "config.json"
 FLAGS_FILENAME = "run.flags"

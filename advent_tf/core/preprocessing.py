@@ -6,7 +6,7 @@ exported SavedModel, so that training, evaluation and serving cannot drift apart
 
 import tensorflow as tf
 
-from advent_tf import constants
+from advent_tf.core import constants
 
 
 def preprocess_image(image_rgb):

@@ -52,13 +52,10 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
+from advent_tf.experiment.segmenter_weights import WEIGHTS_SUFFIX
 from advent_tf.models.batch_norm import BatchNorm
-from advent_tf.models.builder import build_segmenter
-from advent_tf.models.resnet import RESNET_BLOCKS
-
-# The official checkpoints exist for the ResNet family only (the reference
-# has no VGG-16).
-BACKBONES = tuple(RESNET_BLOCKS)
+from advent_tf.models.builder import RESNET_BACKBONES, build_segmenter
+from advent_tf.models.discriminator import CONV_INDICES
 
 FORMAT_MODEL = "model"
 FORMAT_IMAGENET_INIT = "imagenet_init"
@@ -70,7 +67,6 @@ _HEAD_MODULES = (_AUX_HEAD, _MAIN_HEAD)
 # Keys that wrap a state dict in training-script checkpoints.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict")
 _IGNORED_SUFFIX = ".num_batches_tracked"
-_WEIGHTS_SUFFIX = ".weights.h5"
 
 # PyTorch parameter names per Keras layer type, in the order of the Keras
 # layer's `weights`.
@@ -79,8 +75,8 @@ _CONV_PARAMS = ("weight", "bias")
 _OIHW_TO_HWIO = (2, 3, 1, 0)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read, or is not an acceptable state dict."""
+class PyTorchCheckpointError(ValueError):
+    """A PyTorch checkpoint cannot be read, or is not an acceptable state dict."""
 
 
 def _natural_key(key):
@@ -88,7 +84,7 @@ def _natural_key(key):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
-class ConversionError(ValueError):
+class StateDictMismatchError(ValueError):
     """A state dict does not match the Keras model.
 
     Attributes:
@@ -151,7 +147,7 @@ def load_pytorch_state_dict(path):
 
     Raises:
       ImportError: If torch (the ``convert`` extra) is not installed.
-      CheckpointError: If the file cannot be read with ``weights_only=True``
+      PyTorchCheckpointError: If the file cannot be read with ``weights_only=True``
         (e.g. it pickles arbitrary objects) or holds no state dict of tensors.
     """
     try:
@@ -163,13 +159,13 @@ def load_pytorch_state_dict(path):
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise CheckpointError(
+        raise PyTorchCheckpointError(
             f"Cannot read {path} with torch.load(weights_only=True): {err}\n"
             "Only checkpoints of tensors and plain containers are accepted; "
             "files that pickle arbitrary Python objects are refused because "
             "unpickling them can run code.") from err
     if not isinstance(loaded, Mapping):
-        raise CheckpointError(
+        raise PyTorchCheckpointError(
             f"{path} holds a {type(loaded).__name__}, not a state dict.")
     for wrapper in _WRAPPER_KEYS:
         if isinstance(loaded.get(wrapper), Mapping):
@@ -178,7 +174,7 @@ def load_pytorch_state_dict(path):
     not_tensors = sorted(str(k) for k, v in loaded.items()
                          if not isinstance(k, str) or not isinstance(v, torch.Tensor))
     if not_tensors:
-        raise CheckpointError(
+        raise PyTorchCheckpointError(
             f"{path} is not a state dict of tensors; these entries are not "
             f"str -> tensor: {not_tensors}")
     return {
@@ -286,7 +282,7 @@ def load_state_dict_into_model(model, state_dict):
       A `ConversionSummary`.
 
     Raises:
-      ConversionError: Listing every missing, unexpected and mis-shaped key.
+      StateDictMismatchError: Listing every missing, unexpected and mis-shaped key.
     """
     multi_level = any(layer.name.startswith(f"{_AUX_HEAD}_") for layer in model.layers)
     tensors, original_names, checkpoint_format, skipped, renamed = _normalise(
@@ -305,7 +301,7 @@ def load_state_dict_into_model(model, state_dict):
     if missing or unexpected or mismatched:
         context = (f" ({checkpoint_format} checkpoint, {model.name}, "
                    f"{'multi' if multi_level else 'single'}-level)")
-        raise ConversionError(missing, unexpected, mismatched, context)
+        raise StateDictMismatchError(missing, unexpected, mismatched, context)
     for key, (variable, transpose) in expected.items():
         value = np.asarray(tensors[key], dtype=variable.dtype)
         if transpose is not None:
@@ -330,7 +326,8 @@ def convert_checkpoint(input_path, output_path, backbone="resnet101", num_classe
       input_path: The PyTorch checkpoint.
       output_path: Destination, ending in ``.weights.h5``; replaced if it
         exists and the conversion succeeds.
-      backbone: One of `BACKBONES` (the official checkpoints are ResNet-101).
+      backbone: One of `models.RESNET_BACKBONES` (the official checkpoints exist
+        for the ResNet family only: the reference has no VGG-16).
       num_classes: Classes of the checkpoint's heads (19 GTA5, 16 SYNTHIA).
       multi_level: Whether the model has the auxiliary ``layer5`` head.
 
@@ -339,16 +336,16 @@ def convert_checkpoint(input_path, output_path, backbone="resnet101", num_classe
 
     Raises:
       ValueError: On a bad ``output_path`` suffix or ``backbone``.
-      CheckpointError: If the checkpoint cannot be read safely.
-      ConversionError: If it does not match the model.
+      PyTorchCheckpointError: If the checkpoint cannot be read safely.
+      StateDictMismatchError: If it does not match the model.
     """
     output_path = pathlib.Path(output_path)
-    if not output_path.name.endswith(_WEIGHTS_SUFFIX):
+    if not output_path.name.endswith(WEIGHTS_SUFFIX):
         raise ValueError(
-            f"The output must end in {_WEIGHTS_SUFFIX} (Keras 3 weights file), "
+            f"The output must end in {WEIGHTS_SUFFIX} (Keras 3 weights file), "
             f"got {str(output_path)!r}.")
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}.")
+    if backbone not in RESNET_BACKBONES:
+        raise ValueError(f"backbone must be one of {RESNET_BACKBONES}, got {backbone!r}.")
     state_dict = load_pytorch_state_dict(input_path)
     model = build_segmenter(backbone, num_classes=num_classes, multi_level=multi_level)
     summary = load_state_dict_into_model(model, state_dict)
@@ -362,3 +359,31 @@ def convert_checkpoint(input_path, output_path, backbone="resnet101", num_classe
         model.save_weights(tmp_path)
         os.replace(tmp_path, output_path)
     return summary
+
+
+def load_pytorch_discriminator_weights(model, state_dict):
+    """Copies PyTorch discriminator weights into a `build_discriminator` model.
+
+    Args:
+      model: A model from `build_discriminator`.
+      state_dict: Mapping of ``D.N.weight`` (OIHW) and ``D.N.bias`` arrays for
+        N in 0, 2, 4, 6, 8 (numpy arrays or anything `np.asarray` accepts).
+
+    Raises:
+      KeyError: If a weight or bias is missing.
+      ValueError: If an array's shape does not match the model's layer.
+    """
+    for index in CONV_INDICES:
+        layer = model.get_layer(f"D_{index}")
+        weight_key, bias_key = f"D.{index}.weight", f"D.{index}.bias"
+        missing = [k for k in (weight_key, bias_key) if k not in state_dict]
+        if missing:
+            raise KeyError(f"state_dict lacks {missing}.")
+        kernel = np.transpose(np.asarray(state_dict[weight_key]), (2, 3, 1, 0))
+        bias = np.asarray(state_dict[bias_key])
+        expected = tuple(tuple(v.shape) for v in layer.weights)
+        if (kernel.shape, bias.shape) != expected:
+            raise ValueError(
+                f"Layer D_{index} expects kernel/bias shapes {expected}, got "
+                f"{(kernel.shape, bias.shape)} (HWIO after transposing OIHW).")
+        layer.set_weights([kernel, bias])

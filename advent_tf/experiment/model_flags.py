@@ -14,11 +14,11 @@ import dataclasses
 from absl import app
 from absl import flags
 
-from advent_tf import checkpoint_io
-from advent_tf import config as config_lib
+from advent_tf.experiment import segmenter_weights
+from advent_tf.experiment import config as config_lib
 from advent_tf.data import labels as labels_lib
 from advent_tf.models.builder import BACKBONES
-from advent_tf.training import run_dir
+from advent_tf.experiment import run_dir
 
 _DEFAULT = config_lib.ExperimentConfig()
 
@@ -95,7 +95,7 @@ def model_config(path):
       app.UsageError: a network flag that disagrees with the run, or a run
         record that cannot be read.
     """
-    train_dir = (None if path.endswith(checkpoint_io.WEIGHTS_SUFFIX)
+    train_dir = (None if path.endswith(segmenter_weights.WEIGHTS_SUFFIX)
                  else run_dir.find_train_dir(path))
     try:
         recorded = run_dir.read_config(train_dir) if train_dir else None
@@ -152,7 +152,7 @@ def load_members():
             elif model.num_classes != first[0].num_classes:
                 raise ValueError(f"{path} has {model.num_classes} classes, {paths[0]} "
                                  f"{first[0].num_classes}: an ensemble needs one class set")
-            segmenter, source = checkpoint_io.load_segmenter(
+            segmenter, source = segmenter_weights.load_segmenter(
                 path, model.backbone, model.num_classes, model.multi_level)
             members.append((segmenter, weight))
             sources.append(source)

@@ -9,8 +9,8 @@ import keras
 
 from advent_tf import methods
 from advent_tf import models
-from advent_tf import optimizers
-from advent_tf import schedules
+from advent_tf.core import optimizers
+from advent_tf.core import schedules
 
 
 def build_segmenter(model_config):

@@ -1,0 +1,1 @@
+"""The numeric core: losses (paper equations), ops, metrics, optimizers, schedules, XLA, constants."""

@@ -1,0 +1,1 @@
+"""An experiment: its typed config, the factory that builds it, its run directory and weights."""

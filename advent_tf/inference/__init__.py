@@ -1,0 +1,1 @@
+"""Using a trained segmenter: the segmentation path, the evaluation protocol, SavedModel, pictures."""
