@@ -28,6 +28,7 @@ setuptools.setup(
     extras_require={
         # The checkpoint converter reads official .pth files; the CPU build is enough.
         "convert": ["torch>=2.1,<3"],
-        "test": ["pytest>=8", "torch>=2.1,<3"],
+        # cityscapesscripts: the label-table test checks our Cityscapes ids against it.
+        "test": ["pytest>=8", "torch>=2.1,<3", "cityscapesscripts>=2.2"],
     },
 )

@@ -100,7 +100,7 @@ class _Scorer:
         if manifest is not None:
             try:
                 self.label_table = evaluation_protocol.label_mapping(manifest["num_classes"],
-                                                            model.num_classes)
+                                                                     model.num_classes)
             except ValueError as e:
                 raise app.UsageError(f"{_EVAL_PATTERN.value}: {e}")
 
@@ -111,7 +111,7 @@ class _Scorer:
             raise app.UsageError(str(e))
         bar = keras.utils.Progbar(self.num_images, unit_name="image")
         hist = evaluation_protocol.evaluate(members, dataset, self.model.num_classes,
-                                   progress=bar.update, label_table=self.label_table)
+                                            progress=bar.update, label_table=self.label_table)
         return evaluation_protocol.summarize(hist, self.model.class_names, self.subset)
 
     def settings(self):
@@ -141,7 +141,8 @@ def run_single():
         sweep.write_json(os.path.join(_OUTPUT_DIR.value, "results.json"), results)
         steps = [segmenter_weights.checkpoint_step(source) for source in sources]
         writer = tf.summary.create_file_writer(os.path.join(_OUTPUT_DIR.value, "tensorboard"))
-        evaluation_protocol.write_scalars(writer, summary, steps[0] if len(steps) == 1 and steps[0] else 0)
+        step = steps[0] if len(steps) == 1 and steps[0] else 0
+        evaluation_protocol.write_scalars(writer, summary, step)
     return summary
 
 

@@ -38,7 +38,7 @@ def main(argv):
     model_size = model_flags.input_size(loaded.run_config, _IMAGE_SIZE.value, "image_size")
     try:
         path = saved_model.export(loaded.members, loaded.model.class_names, model_size,
-                              _EXPORT_DIR.value, _VERSION.value, _PROBABILITIES.value)
+                                  _EXPORT_DIR.value, _VERSION.value, _PROBABILITIES.value)
     except FileExistsError as e:
         raise app.UsageError(str(e))
     logging.info("Exported %s (from %s)", path, ", ".join(loaded.sources))

@@ -21,6 +21,8 @@ processed; the exit status is non-zero only when no image could be processed.
 
 import os
 
+import numpy as np
+import PIL.Image
 import tensorflow as tf
 from absl import app
 from absl import flags
@@ -49,16 +51,27 @@ flags.mark_flags_as_required(["inputs", "output_dir"])
 
 
 def _checkpoint_predictor():
-    """Predictor over the named run or checkpoints, and its number of classes."""
+    """Predictor over the named run or checkpoints, and its number of classes.
+
+    The image is resized to the network's input size with PIL, as the
+    reference's loaders (and the converter) do, so that the network sees
+    exactly the pixels evaluation scored.
+    """
     loaded = model_flags.load_members()
     logging.info("Model: %s", ", ".join(loaded.sources))
-    model_size = model_flags.input_size(loaded.run_config, _IMAGE_SIZE.value, "image_size")
+    height, width = model_flags.input_size(loaded.run_config, _IMAGE_SIZE.value, "image_size")
     members = loaded.members
 
-    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8),
+                                  tf.TensorSpec([2], tf.int32)])
+    def run(resized, output_size):
+        return segment.segmentation_maps(segment.logits_of_resized(members, resized, output_size))
+
     def predict(images):
-        return segment.segmentation_maps(
-            segment.logits_at_input_resolution(members, images, model_size))
+        image = images[0].numpy()
+        resized = np.asarray(PIL.Image.fromarray(image).resize((width, height),
+                                                               PIL.Image.BICUBIC))
+        return run(resized[None], tf.constant(image.shape[:2], tf.int32))
 
     return predict, loaded.model.num_classes
 

@@ -111,11 +111,12 @@ flags.DEFINE_float("head_lr_multiplier", _DEFAULT.optim.head_lr_multiplier,
                    "LR multiplier of the ASPP heads.", lower_bound=0.0)
 flags.DEFINE_string(
     "backbone_update_repeats", _DEFAULT.optim.backbone_update_repeats,
-    "SGD updates per step of each backbone tensor. 'reference' emulates the reference's "
-    "duplicated parameter list under torch 0.4.1 exactly: each tensor updated as often as "
-    "it is listed (stem conv 1, block convs 3, projection convs 4; ResNet only); a positive "
-    "integer applies that many to every backbone tensor; 1 is current PyTorch with each "
-    "tensor listed once.")
+    "SGD updates per step of each backbone tensor. 'reference' (the paper configs) "
+    "reproduces the published runs: the reference's duplicated parameter list under torch "
+    "0.4.1, each tensor updated as often as it is listed (stem conv 1, block convs 3, "
+    "projection convs 4; ResNet only). 'deduplicated' (= 1, the default) updates each "
+    "tensor once, as a parameter list without duplicates does; an integer applies that "
+    "many updates to every backbone tensor.")
 flags.DEFINE_integer("batch_size", _DEFAULT.optim.batch_size,
                      "Global batch (source and target each).", lower_bound=1)
 
@@ -281,7 +282,8 @@ def run(cfg):
                                          max_to_keep=cfg.run.keep_checkpoints or None)
     try:
         checkpointing.restore_latest(checkpoint, manager)
-    except (checkpointing.CheckpointMismatchError, checkpointing.NoReadableCheckpointError) as error:
+    except (checkpointing.CheckpointMismatchError,
+            checkpointing.NoReadableCheckpointError) as error:
         raise app.UsageError(f"--train_dir={train_dir}: {error}") from error
     # Recorded only now: a run refused above must not replace the record.
     if checkpointing.is_chief():
@@ -333,7 +335,7 @@ def _eval_dataset(cfg):
 
 def _final_evaluation(method, cfg):
     hist = evaluation_protocol.evaluate([(method.segmenter, 1.0)], _eval_dataset(cfg),
-                               cfg.model.num_classes)
+                                        cfg.model.num_classes)
     table = metrics.format_iou_table(hist, cfg.model.class_names)
     print(f"\nTarget evaluation ({cfg.data.eval_pattern}) after {cfg.method.method}:\n{table}",
           flush=True)

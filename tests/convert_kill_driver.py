@@ -41,7 +41,7 @@ def convert_killed_at(root, output_dir, split, num_shards, kill_at):
     os.replace, os.remove = killing(replace), killing(remove)
     try:
         tfrecord_writer.convert_split(source, str(output_dir), split, num_shards=num_shards,
-                              num_workers=1)
+                                      num_workers=1)
     finally:
         os.replace, os.remove = replace, remove
     return calls

@@ -139,6 +139,7 @@ REFUSED = [
     (dict(backbone_update_repeats="0"), "--backbone_update_repeats=0"),
     (dict(num_classes=3, class_names=("a", "b")), "2 class names for --num_classes=3"),
     (dict(num_classes=2, class_names=("a", "a")), "class names must be distinct"),
+    (dict(num_steps=120000, lr_horizon=90000), "--num_steps=120000 is past --lr_horizon=90000"),
 ]
 
 
@@ -154,7 +155,9 @@ def test_paper_settings_are_accepted():
                    dict(method="minent", class_prior="p.json", prior_mu=0.5, lambda_cp=1e-3),
                    dict(method="advent", class_prior="p.json"), dict(method="source_only"),
                    dict(eval_every=5, eval_pattern="val-*"),
-                   dict(backbone="vgg16", multi_level=False)):
+                   dict(backbone="vgg16", multi_level=False),
+                   dict(backbone_update_repeats="deduplicated"),
+                   dict(num_steps=90000, lr_horizon=90000)):
         config.validate(config.from_values(values))
 
 

@@ -273,4 +273,4 @@ def test_non_state_dicts_are_refused(content, tmp_path):
 def test_output_must_be_a_keras_weights_file(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match=r"\.weights\.h5"):
         pytorch_interop.convert_checkpoint(tiny_checkpoint, tmp_path / "out.h5",
-                                   backbone="resnet_tiny")
+                                           backbone="resnet_tiny")

@@ -18,7 +18,9 @@ import PIL.Image
 import pytest
 import tensorflow as tf
 
+from advent_tf.core import constants
 from advent_tf.data import tfrecord_writer
+from advent_tf.data import transforms
 from advent_tf.data import example as example_lib
 from advent_tf.data import pipeline
 from advent_tf.data import sources
@@ -115,9 +117,12 @@ def make_folder(root):
     return root
 
 
-def read_split(directory, split):
+def read_split(directory, split, in_written_order=False):
+    """(shard files, examples sorted by file name, or in the written order)."""
     files = sorted(tf.io.gfile.glob(os.path.join(directory, example_lib.shard_glob(split))))
     examples = [example_lib.parse_example(r) for r in tf.data.TFRecordDataset(files)]
+    if not in_written_order:
+        examples.sort(key=lambda e: e["filename"].numpy())
     return files, examples
 
 
@@ -129,15 +134,19 @@ def test_gta5(tmp_path):
     root = make_gta5(tmp_path / "GTA5")
     code, _ = run_tool(dataset="gta5", root=root, output_dir=tmp_path / "out", num_shards=2)
     assert code == 0
-    files, examples = read_split(tmp_path / "out", "train")
+    files, examples = read_split(tmp_path / "out", "train", in_written_order=True)
     assert [os.path.basename(f) for f in files] == [
         "train-g1-00000-of-00002.tfrecord", "train-g1-00001-of-00002.tfrecord"]
-    assert [e["filename"].numpy() for e in examples] == [b"00000.png", b"00001.png", b"00002.png"]
+    manifest = json.loads((tmp_path / "out" / "train_manifest.json").read_text())
+    # Written in the manifest's seeded permutation of the source order.
+    names = [b"00000.png", b"00001.png", b"00002.png"]
+    assert [e["filename"].numpy() for e in examples] == [names[i] for i in manifest["order"]]
+    assert manifest["order"] != [0, 1, 2] and manifest["order_seed"] == 0
+    _, examples = read_split(tmp_path / "out", "train")
     raw = np.asarray(PIL.Image.open(root / "labels" / "00001.png"))
     lut = {0: 255, 7: 0, 8: 1, 26: 13, 33: 18}
     np.testing.assert_array_equal(_label(examples[1]), np.vectorize(lut.get)(raw))
     np.testing.assert_array_equal(tf.io.decode_png(examples[1]["image"]), _rgb(1))
-    manifest = json.loads((tmp_path / "out" / "train_manifest.json").read_text())
     assert manifest["num_examples"] == 3 and manifest["image_sizes"] == {f"{H}x{W}": 3}
     assert sum(manifest["class_pixel_counts"]) + manifest["ignored_pixel_count"] == 3 * H * W
     assert manifest["class_pixel_counts"][13] == sum(
@@ -272,7 +281,7 @@ def make_named_folder(root, prefix, n):
 def read_names(directory, glob="train-*.tfrecord"):
     """The image names of a split, as the evaluation reader yields them."""
     dataset = pipeline.make_eval_dataset(os.path.join(directory, glob), (H, W))
-    return [n.decode() for batch in dataset for n in batch["filename"].numpy()]
+    return sorted(n.decode() for batch in dataset for n in batch["filename"].numpy())
 
 
 def _published_files(directory, split="train"):
@@ -339,3 +348,83 @@ def test_stale_shards_are_ignored_then_removed(tmp_path):
     # Such a split's shards would match the glob of split "train".
     with pytest.raises(ValueError, match="must not contain '-'"):
         tfrecord_writer.convert_split(source, str(out), "train-extra")
+
+
+def _smooth_rgb(seed, width, height):
+    """A photo-like image: smooth gradients plus noise (resizing kernels disagree on such)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width * 255, y / height * 255, (x + y) % 97 * 2.6], -1)
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def _unpreprocess(image):
+    """Undoes `preprocess_image` (BGR minus the mean) back to uint8 RGB."""
+    return np.round(image[..., ::-1] + constants.IMG_MEAN_BGR[::-1]).astype(np.uint8)
+
+
+def test_resized_inputs_equal_pil_at_real_sizes(tmp_path):
+    """GTA5 1914x1052 -> 1280x720 (train) and Cityscapes 2048x1024 -> 1024x512 (val, full labels).
+
+    The pipelines must hand the network exactly PIL's pixels: zero differing values.
+    """
+    gta = tmp_path / "GTA5"
+    image = _smooth_rgb(0, 1914, 1052)
+    ids = np.random.default_rng(0).choice([7, 8, 26], (1052 // 4, 1914 // 2)).repeat(
+        4, 0).repeat(2, 1).astype(np.uint8)
+    _save(gta / "images" / "00000.png", image)
+    _save(gta / "labels" / "00000.png", ids, mode="P")
+    assert run_tool(dataset="gta5", root=gta, output_dir=tmp_path / "gta", num_shards=1,
+                    image_size="1280,720", label_size="1280,720")[0] == 0
+    pattern = str(tmp_path / "gta" / "train-*.tfrecord")
+    batch = next(iter(pipeline.make_train_dataset(pattern, pattern, (720, 1280), (720, 1280),
+                                                  1, seed=0)))
+    want = np.asarray(PIL.Image.fromarray(image).resize((1280, 720), PIL.Image.BICUBIC))
+    got = _unpreprocess(batch[constants.SOURCE_IMAGE].numpy()[0])
+    assert np.count_nonzero(got != want) == 0
+    lut = np.full(256, 255, np.uint8)
+    lut[[7, 8, 26]] = [0, 1, 13]
+    want_label = lut[np.asarray(PIL.Image.fromarray(ids).resize((1280, 720), PIL.Image.NEAREST))]
+    np.testing.assert_array_equal(batch[constants.SOURCE_LABEL].numpy()[0], want_label)
+
+    cityscapes = make_cityscapes(tmp_path / "cs")
+    big = _smooth_rgb(1, 2048, 1024)
+    stem = "aachen_000000_000019"
+    _save(cityscapes / "leftImg8bit" / "val" / "aachen" / f"{stem}_leftImg8bit.png", big)
+    _save(cityscapes / "gtFine" / "val" / "aachen" / f"{stem}_gtFine_labelIds.png",
+          _ids(0, [7, 11], 1024, 2048))
+    assert run_tool(dataset="cityscapes", root=cityscapes, split="val", list_file=_list(
+        tmp_path, f"aachen/{stem}_leftImg8bit.png"), output_dir=tmp_path / "val",
+        num_shards=1, image_size="1024,512")[0] == 0
+    element = next(iter(pipeline.make_eval_dataset(str(tmp_path / "val" / "val-*.tfrecord"),
+                                                   (512, 1024))))
+    want = np.asarray(PIL.Image.fromarray(big).resize((1024, 512), PIL.Image.BICUBIC))
+    assert np.count_nonzero(_unpreprocess(element["image"].numpy()[0]) != want) == 0
+    assert element["label"].shape[1:] == (1024, 2048)  # scored at full label resolution
+    # TF's own bicubic (what serving uses) is close to PIL, not equal: the reason for the above.
+    tf_resized = transforms.resize_image(tf.constant(big), (512, 1024)).numpy()
+    assert np.count_nonzero(tf_resized != want) > 0
+
+
+def _list(directory, *names):
+    path = directory / "list.txt"
+    path.write_text("\n".join(names) + "\n")
+    return path
+
+
+def test_gta5_pairs_of_different_sizes_are_resized_like_the_reference(tmp_path, capsys):
+    """The real GTA5 has a few image/label pairs of different sizes; the reference resizes both."""
+    root = make_gta5(tmp_path / "GTA5")
+    _save(root / "labels" / "00001.png", _ids(1, [7, 8], h=H + 2, w=W + 4), mode="P")
+    out = tmp_path / "out"
+    code, err = run_tool(capsys, dataset="gta5", root=root, output_dir=out, num_shards=2)
+    assert code == 1 and "--image_size and --label_size" in err
+    code, err = run_tool(capsys, dataset="gta5", root=root, output_dir=out, num_shards=2,
+                         image_size=f"{W},{H}", label_size=f"{W},{H}")
+    assert code == 0, err
+    assert "00001.png is 12x8 but its label" in err and "1 image/label pair(s)" in err, err
+    manifest = json.loads((out / "train_manifest.json").read_text())
+    assert manifest["num_examples"] == 3 and manifest["mismatched_pairs"] == 1
+    assert manifest["mismatched"][0]["label_size"] == f"{W + 4}x{H + 2}"
+    assert manifest["image_sizes"] == {f"{H}x{W}": 3}
+    assert manifest["resized_to"] == {"image": [W, H], "label": [W, H]}

@@ -30,7 +30,7 @@ def exported(tmp_path_factory):
     tf.keras.utils.set_random_seed(3)
     model = build_segmenter("resnet_tiny", 16, True)
     path = saved_model.export([(model, 1.0)], labels.class_names(16), MODEL_SIZE, export_dir,
-                          with_probabilities=True)
+                              with_probabilities=True)
     images = np.random.default_rng(0).integers(0, 256, (2, 20, 36, 3), dtype=np.uint8)
     keras_outputs = segment.segmentation_maps(
         segment.logits_at_input_resolution([(model, 1.0)], images, MODEL_SIZE))

@@ -10,6 +10,7 @@ import pytest
 
 from advent_tf.core import constants
 from advent_tf.inference import image_files
+from advent_tf.inference import segment
 from advent_tf.inference import saved_model
 from advent_tf.data import labels
 from advent_tf.inference import visualize
@@ -55,6 +56,15 @@ def test_writes_three_pngs_per_image_and_skips_the_bad_one(workdir, source):
     colours = np.asarray(PIL.Image.open(out / "a_color.png")).reshape(-1, 3)
     allowed = {tuple(c) for c in visualize.palette(16)}
     assert {tuple(c) for c in colours} <= allowed
+    if source == "checkpoint":
+        # The network saw PIL's bicubic resize of the image (the reference's), not TF's.
+        model = build_segmenter("resnet_tiny", 16, False)
+        model.load_weights(str(workdir / "model.weights.h5"))
+        image = PIL.Image.open(workdir / "images" / "a.png")
+        resized = np.asarray(image.resize((32, 16), PIL.Image.BICUBIC))[None]
+        logits = segment.logits_of_resized([(model, 1.0)], resized, (20, 36))
+        expected = visualize.colorize(np.argmax(logits.numpy()[0], -1), 16)
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / "a_color.png")), expected)
 
 
 def test_exit_status_when_nothing_can_be_read(workdir):
@@ -91,3 +101,4 @@ def test_inputs_sharing_a_stem_never_share_an_output(tmp_path):
     # A name unique among the inputs keeps the plain stem.
     assert image_files.list_images([str(tmp_path / "one" / "sub")]) == [
         (str(tmp_path / "one" / "sub" / "c.png"), "c")]
+

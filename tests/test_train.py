@@ -104,7 +104,7 @@ def test_tensorboard_has_scalars_images_flags_and_periodic_eval(patterns, tmp_pa
     (dict(method="advent", entropy_top_fraction=0.3), "applies to --method=minent only"),
     (dict(source_size="64"), "--source_size must be WIDTH,HEIGHT"),
     (dict(learning_rate=-1), "learning_rate"),
-    (dict(backbone_update_repeats=0), "--backbone_update_repeats=0: 'reference' or a positive"),
+    (dict(backbone_update_repeats=0), "--backbone_update_repeats=0: 'reference', 'deduplicated'"),
     (dict(backbone="vgg16", backbone_update_repeats="reference"),
      "the reference code has no vgg16"),
     (dict(init_checkpoint="/nonexistent/init.weights.h5"),

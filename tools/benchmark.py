@@ -320,7 +320,8 @@ def measure(kind, jit, config):
             # input size, then the argmax.
             @tf.function(jit_compile=jit)
             def infer(x):
-                logits = evaluation_protocol.ensemble_logits([(segmenter, 1.0)], x, tf.shape(x)[1:3])
+                logits = evaluation_protocol.ensemble_logits([(segmenter, 1.0)], x,
+                                                             tf.shape(x)[1:3])
                 return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
             timing = _time_calls(_fetched(lambda: infer(images)), config["warmup"],

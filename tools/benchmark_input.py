@@ -7,6 +7,12 @@ temporary directory through the real converter, then times
 whether the input or the model would limit training:
 
   python tools/benchmark_input.py [--image_format=png|jpeg] [--model_step_seconds=6]
+                                  [--noconverter_resize]
+
+By default the frames are converted as the README documents (resized to the
+training size by the converter with Pillow, `--image_size`/`--label_size`),
+so the pipeline decodes without resizing; --noconverter_resize stores them
+at full size and times TensorFlow's resize in the pipeline instead.
 """
 
 import os
@@ -30,6 +36,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Pairs per step (reference: 
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps first (tracing, buffers).")
 _AUGMENT = flags.DEFINE_bool("augment", False, "Time with augmentation on.")
+_CONVERTER_RESIZE = flags.DEFINE_bool(
+    "converter_resize", True, "Store frames at the training size (the documented conversion).")
 _MODEL_STEP_SECONDS = flags.DEFINE_float(
     "model_step_seconds", 6.0, "Seconds per training iteration of the model.")
 
@@ -53,7 +61,7 @@ def _write_frames(root, domain, stored, count, image_format, rng):
             os.path.join(root, "labels", f"{i:03d}.png"))
 
 
-def _make_split(scratch, domain, stored, labelled):
+def _make_split(scratch, domain, stored, labelled, size):
     root = os.path.join(scratch, "raw", domain)
     _write_frames(root, domain, stored, _NUM_RECORDS.value, _IMAGE_FORMAT.value,
                   np.random.default_rng(len(domain)))
@@ -62,8 +70,11 @@ def _make_split(scratch, domain, stored, labelled):
         f.writelines(f"{i} {i}\n" for i in range(19))
     source = sources.folder(root, 19, label_map_file=label_map, labels=labelled)
     output_dir = os.path.join(scratch, "records", domain)
+    width_height = (size[1], size[0])
+    resize = (tfrecord_writer.Resize(width_height, width_height if labelled else None)
+              if _CONVERTER_RESIZE.value else tfrecord_writer.Resize())
     tfrecord_writer.convert_split(source, output_dir, "train", num_shards=4,
-                          num_workers=os.cpu_count() or 1)
+                                  num_workers=os.cpu_count() or 1, resize=resize)
     return os.path.join(output_dir, "train-*.tfrecord")
 
 
@@ -71,8 +82,8 @@ def main(argv):
     del argv
     with tempfile.TemporaryDirectory() as scratch:
         start = time.time()
-        source = _make_split(scratch, "source", SOURCE_STORED, True)
-        target = _make_split(scratch, "target", TARGET_STORED, False)
+        source = _make_split(scratch, "source", SOURCE_STORED, True, SOURCE_SIZE)
+        target = _make_split(scratch, "target", TARGET_STORED, False, TARGET_SIZE)
         print(f"wrote {_NUM_RECORDS.value} {_IMAGE_FORMAT.value} frames per domain "
               f"({SOURCE_STORED[1]}x{SOURCE_STORED[0]} source with labels, "
               f"{TARGET_STORED[1]}x{TARGET_STORED[0]} target) in {time.time() - start:.0f} s")
@@ -93,7 +104,7 @@ def main(argv):
     print(f"input pipeline: {pairs_per_second:.2f} source+target pairs/s "
           f"(source {SOURCE_SIZE[1]}x{SOURCE_SIZE[0]}, target {TARGET_SIZE[1]}x{TARGET_SIZE[0]}, "
           f"batch {_BATCH_SIZE.value}, {os.cpu_count()} CPU cores, "
-          f"augment={_AUGMENT.value})")
+          f"augment={_AUGMENT.value}, converter_resize={_CONVERTER_RESIZE.value})")
     print(f"model at {_MODEL_STEP_SECONDS.value:g} s/iteration consumes {consumed:.2f} pairs/s: "
           + ("the model is the bottleneck" if pairs_per_second > consumed
              else "the input pipeline is the bottleneck"))

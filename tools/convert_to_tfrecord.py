@@ -28,6 +28,7 @@ from absl import flags
 from absl import logging
 
 from advent_tf.data import tfrecord_writer
+from advent_tf.experiment import config
 from advent_tf.data import sources
 
 _DATASET = flags.DEFINE_enum(
@@ -56,6 +57,22 @@ _LABEL_MAP = flags.DEFINE_string(
 _IMAGE_SUBDIR = flags.DEFINE_string("image_subdir", "images", "folder: image directory under --root.")
 _LABEL_SUBDIR = flags.DEFINE_string("label_subdir", "labels", "folder: label directory under --root.")
 _CLASS_NAMES = flags.DEFINE_list("class_names", None, "folder: names of the train ids.")
+_ORDER_SEED = flags.DEFINE_integer(
+    "order_seed", 0,
+    "Samples are written in a permutation seeded with this, so that every window of a "
+    "training stream is a uniform sample of the split (the reference shuffles the whole "
+    "list); recorded in the manifest. -1 keeps the dataset's own order.", lower_bound=-1)
+_IMAGE_SIZE = flags.DEFINE_list(
+    "image_size", None,
+    "WIDTH,HEIGHT: store images resized to this size with PIL bicubic, exactly as the "
+    "reference's loaders resize them (GTA5 1280,720; Cityscapes 1024,512); the training and "
+    "evaluation pipelines then read them without resizing. Default: the files' own size.")
+_LABEL_SIZE = flags.DEFINE_list(
+    "label_size", None,
+    "WIDTH,HEIGHT: store labels resized to this size with PIL nearest (the training size of "
+    "a source split). Leave it unset for evaluation splits, scored at full label "
+    "resolution. With both sizes given, an image and a label of different sizes (a few "
+    "GTA5 pairs) are resized independently, as the reference does, with a warning.")
 _SKIP_BAD = flags.DEFINE_bool(
     "skip_bad", False, "Convert the good samples and list the bad ones, instead of failing.")
 
@@ -76,10 +93,22 @@ def _source():
                           _IMAGE_SUBDIR.value, _LABEL_SUBDIR.value, _CLASS_NAMES.value)
 
 
+def _resize():
+    sizes = {}
+    for holder in (_IMAGE_SIZE, _LABEL_SIZE):
+        if holder.value is not None:
+            try:
+                sizes[holder.name] = config.parse_size(holder.value, holder.name)
+            except config.ConfigError as e:
+                raise ValueError(str(e)) from e
+    return tfrecord_writer.Resize(sizes.get("image_size"), sizes.get("label_size"))
+
+
 def main(argv):
     del argv
     try:
         source = _source()
+        resize = _resize()
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -89,7 +118,8 @@ def main(argv):
     try:
         manifest = tfrecord_writer.convert_split(
             source, _OUTPUT_DIR.value, _SPLIT.value, num_shards=_NUM_SHARDS.value,
-            num_workers=num_workers, skip_bad=_SKIP_BAD.value)
+            num_workers=num_workers, skip_bad=_SKIP_BAD.value,
+            order_seed=None if _ORDER_SEED.value < 0 else _ORDER_SEED.value, resize=resize)
     except tfrecord_writer.BadSamplesError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -97,6 +127,13 @@ def main(argv):
           f"{manifest['num_shards']} shards -> {_OUTPUT_DIR.value}")
     for skipped in manifest["skipped"]:
         print(f"skipped: {skipped['error']}", file=sys.stderr)
+    for item in manifest["mismatched"]:
+        print(f"resized: {item['image']} is {item['image_size']} but its label {item['label']} "
+              f"is {item['label_size']}", file=sys.stderr)
+    if manifest["mismatched_pairs"]:
+        print(f"{manifest['mismatched_pairs']} image/label pair(s) of different sizes were "
+              "resized independently, as the reference does (listed under 'mismatched' in "
+              "the manifest)", file=sys.stderr)
     return 0
 
 

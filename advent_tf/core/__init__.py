@@ -1,1 +1,1 @@
-"""The numeric core: losses (paper equations), ops, metrics, optimizers, schedules, XLA, constants."""
+"""The numeric core: losses (the paper's equations), ops, metrics, optimizers, schedules."""

@@ -41,6 +41,9 @@ KEY_FORMAT = "image/format"
 KEY_HEIGHT = "image/height"
 KEY_WIDTH = "image/width"
 KEY_CHANNELS = "image/channels"
+# Size of the image file before the converter resized it (absent: not resized).
+KEY_SOURCE_HEIGHT = "image/source_height"
+KEY_SOURCE_WIDTH = "image/source_width"
 KEY_LABEL = "image/segmentation/class/encoded"
 KEY_LABEL_FORMAT = "image/segmentation/class/format"
 

@@ -93,8 +93,10 @@ def make_demo_data(output_dir, seed=0, image_size=DEFAULT_IMAGE_SIZE, splits=DEF
             _write_folder(root, seed, domain, split, count, image_size)
             source = sources.folder(root, len(constants.CITYSCAPES_CLASS_NAMES),
                                     label_map_file=label_map, labels=labelled)
+            # Each scene is drawn independently, so the generation order is
+            # already a uniform order: keep it (and the demo's published figures).
             tfrecord_writer.convert_split(source, os.path.join(output_dir, domain), split,
-                                  num_shards=num_shards, num_workers=1)
+                                          num_shards=num_shards, num_workers=1, order_seed=None)
     with open(info_path, "w", encoding="utf-8") as f:
         json.dump(_info(seed, image_size, splits, num_shards), f, indent=1)
     return demo_patterns(output_dir)

@@ -57,6 +57,9 @@ def encode_example(image, filename, label_png=None):
         constants.KEY_WIDTH: _int64(image.width),
         constants.KEY_CHANNELS: _int64(3),
     }
+    if image.source_size is not None and image.source_size != (image.width, image.height):
+        feature[constants.KEY_SOURCE_WIDTH] = _int64(image.source_size[0])
+        feature[constants.KEY_SOURCE_HEIGHT] = _int64(image.source_size[1])
     if label_png is not None:
         feature[constants.KEY_LABEL] = _bytes(label_png)
         feature[constants.KEY_LABEL_FORMAT] = _bytes(b"png")
@@ -69,6 +72,8 @@ _FEATURES = {
     constants.KEY_FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
     constants.KEY_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
     constants.KEY_WIDTH: tf.io.FixedLenFeature([], tf.int64),
+    constants.KEY_SOURCE_HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    constants.KEY_SOURCE_WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
     # Optional so that one parser reads labelled and unlabelled splits; the
     # pipelines check presence where they need a label.
     constants.KEY_LABEL: tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -79,8 +84,9 @@ def parse_example(serialized):
     """Parses a serialised example into a dict of scalar tensors.
 
     Returns:
-      {"image": encoded image, "filename", "height", "width",
-       "label": encoded label PNG or "" when the split is unlabelled}.
+      {"image": encoded image, "filename", "height", "width", "source_size"
+       ([height, width] of the file before the converter resized it, or the
+       stored size), "label": encoded label PNG or "" when unlabelled}.
     """
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
     return {
@@ -89,4 +95,8 @@ def parse_example(serialized):
         "height": parsed[constants.KEY_HEIGHT],
         "width": parsed[constants.KEY_WIDTH],
         "label": parsed[constants.KEY_LABEL],
+        "source_size": tf.where(
+            parsed[constants.KEY_SOURCE_HEIGHT] > 0,
+            tf.stack([parsed[constants.KEY_SOURCE_HEIGHT], parsed[constants.KEY_SOURCE_WIDTH]]),
+            tf.stack([parsed[constants.KEY_HEIGHT], parsed[constants.KEY_WIDTH]])),
     }

@@ -22,10 +22,14 @@ class BadSampleError(Exception):
 @dataclasses.dataclass(frozen=True)
 class EncodedImage:
     """An RGB image as it will be stored: encoded bytes and their geometry."""
+
     data: bytes
     format: str
     height: int
     width: int
+    # (width, height) of the file it was read from; the stored size differs
+    # when the image was resized.
+    source_size: tuple = None
 
 
 def _read_bytes(path):
@@ -45,15 +49,19 @@ def _open_decoded(path, data):
     return image
 
 
-def read_image(path):
-    """Reads an image file, checking that it decodes.
+def read_image(path, size=None):
+    """Reads an image file, checking that it decodes; optionally resizes it as the reference does.
 
     PNG and JPEG files in RGB are stored as they are (no re-encoding, no loss);
     anything else (RGBA, grey, palette, other formats) is converted to RGB PNG
-    so that every stored image decodes to exactly three channels.
+    so that every stored image decodes to exactly three channels. With a
+    `size`, the image is resized exactly as the reference's loader does it,
+    ``Image.open(f).convert('RGB').resize(size, Image.BICUBIC)`` (the same
+    Pillow code, so the same pixels), and stored as PNG.
 
     Args:
       path: the image file.
+      size: (width, height) to resize to, or None to keep the file's size.
 
     Returns:
       An `EncodedImage`.
@@ -63,12 +71,30 @@ def read_image(path):
     """
     data = _read_bytes(path)
     image = _open_decoded(path, data)
+    source_size = (image.width, image.height)
     fmt = _KEPT_FORMATS.get(image.format)
+    if size is not None and tuple(size) != source_size:
+        image = image.convert("RGB").resize(tuple(size), PIL.Image.BICUBIC)
+        fmt = None
     if fmt is None or image.mode != "RGB":
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format="PNG")
         data, fmt = buffer.getvalue(), "png"
-    return EncodedImage(data=data, format=fmt, height=image.height, width=image.width)
+    return EncodedImage(data=data, format=fmt, height=image.height, width=image.width,
+                        source_size=source_size)
+
+
+def resize_label(train_ids, size):
+    """Nearest-neighbour resize of a uint8 [H, W] id map to `size` (width, height), as PIL does.
+
+    The reference resizes its label images with ``Image.NEAREST``; nearest
+    picks source pixels, so resizing train ids equals mapping resized raw ids.
+    """
+    if (train_ids.shape[1], train_ids.shape[0]) == tuple(size):
+        return train_ids
+    resized = PIL.Image.fromarray(np.asarray(train_ids, np.uint8)).resize(
+        tuple(size), PIL.Image.NEAREST)
+    return np.asarray(resized)
 
 
 def read_label_ids(path):

@@ -53,8 +53,14 @@ def _decode(record, shard, with_label):
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
         label = tf.io.decode_png(parsed["label"], channels=1) if with_label else None
     if with_label:
-        same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)[:2]))
-        with tf.control_dependencies([_check(same_size, "Label and image sizes differ",
+        # The label is stored at the image's stored size (both resized by the
+        # converter, or neither), or at the size of the image file before it
+        # was resized (an evaluation split scored at full label resolution).
+        label_size = tf.cast(tf.shape(label)[:2], tf.int64)
+        fits = tf.logical_or(
+            tf.reduce_all(tf.equal(tf.cast(tf.shape(image)[:2], tf.int64), label_size)),
+            tf.reduce_all(tf.equal(parsed["source_size"], label_size)))
+        with tf.control_dependencies([_check(fits, "Label and image sizes differ",
                                              shard, filename)]):
             label = tf.identity(label)
     return image, label, filename

@@ -57,6 +57,20 @@ class BadSamplesError(Exception):
             f"written (pass skip_bad / --skip_bad to convert the rest):\n{lines}{more}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Resize:
+    """Sizes (width, height) the converter resizes to, as the reference's loaders do.
+
+    Attributes:
+      image_size: images, PIL bicubic; None keeps their size.
+      label_size: labels, PIL nearest; None keeps their size (evaluation
+        splits are scored at full label resolution).
+    """
+
+    image_size: tuple = None
+    label_size: tuple = None
+
+
 @dataclasses.dataclass
 class _ShardResult:
     num_examples: int
@@ -64,52 +78,69 @@ class _ShardResult:
     ignored_pixels: int
     sizes: collections.Counter
     bad: list
+    # (image file, label file, image WxH, label WxH) of pairs whose sizes differ.
+    mismatched: list
 
 
-def convert_sample(sample, read_label, label_map):
-    """Reads, checks and serialises one sample.
+def _size_text(size):
+    return f"{size[0]}x{size[1]}"
+
+
+def convert_sample(sample, read_label, label_map, resize=Resize()):
+    """Reads, checks, resizes and serialises one sample.
 
     Args:
       sample: a `sources.Sample`.
       read_label: path -> raw ids (see `sources.DatasetSource`).
       label_map: a `labels.LabelMap`, or None for an unlabelled split.
+      resize: a `Resize`. An image and a label of different sizes are
+        accepted only when both are resized (independently, each to its
+        size, as the reference does with GTA5's few such pairs).
 
     Returns:
-      (serialised example, per-train-id pixel counts [256], (height, width)).
+      (serialised example, per-train-id pixel counts [256], stored (height,
+      width), None or the (image WxH, label WxH) of a mismatched pair).
 
     Raises:
       image_io.BadSampleError: the message names the offending file.
     """
-    image = image_io.read_image(sample.image_path)
+    image = image_io.read_image(sample.image_path, resize.image_size)
     if label_map is None:
         return (example_lib.encode_example(image, sample.name),
-                np.zeros([256], np.int64), (image.height, image.width))
+                np.zeros([256], np.int64), (image.height, image.width), None)
     raw = read_label(sample.label_path)
-    if raw.shape != (image.height, image.width):
-        raise image_io.BadSampleError(
-            f"{sample.label_path}: label is {raw.shape[1]}x{raw.shape[0]} but image "
-            f"{sample.image_path} is {image.width}x{image.height} (WxH)")
+    label_source_size = (raw.shape[1], raw.shape[0])
+    mismatch = None
+    if label_source_size != image.source_size:
+        mismatch = (_size_text(image.source_size), _size_text(label_source_size))
+        if resize.image_size is None or resize.label_size is None:
+            raise image_io.BadSampleError(
+                f"{sample.label_path}: label is {mismatch[1]} but image {sample.image_path} "
+                f"is {mismatch[0]} (WxH); the reference resizes both independently to the "
+                "training size: convert with --image_size and --label_size to do the same")
     try:
         train_ids = label_map(raw)
     except ValueError as e:
         raise image_io.BadSampleError(f"{sample.label_path}: {e}") from e
+    if resize.label_size is not None:
+        train_ids = image_io.resize_label(train_ids, resize.label_size)
     counts = np.bincount(train_ids.ravel(), minlength=256)
     return (example_lib.encode_example(image, sample.name,
                                        image_io.encode_label_png(train_ids)),
-            counts, (image.height, image.width))
+            counts, (image.height, image.width), mismatch)
 
 
-def _write_shard(samples, read_label, label_map, path):
+def _write_shard(samples, read_label, label_map, path, resize=Resize()):
     """Writes the good samples of one shard to `path`; reports the bad ones."""
     counts = np.zeros([256], np.int64)
     sizes = collections.Counter()
-    bad = []
+    bad, mismatched = [], []
     num_examples = 0
     with tf.io.TFRecordWriter(path) as writer:
         for sample in samples:
             try:
-                record, sample_counts, (height, width) = convert_sample(
-                    sample, read_label, label_map)
+                record, sample_counts, (height, width), mismatch = convert_sample(
+                    sample, read_label, label_map, resize)
             except image_io.BadSampleError as e:
                 bad.append((sample.image_path, str(e)))
                 continue
@@ -117,9 +148,11 @@ def _write_shard(samples, read_label, label_map, path):
             counts += sample_counts
             sizes[f"{height}x{width}"] += 1
             num_examples += 1
+            if mismatch is not None:
+                mismatched.append((sample.image_path, sample.label_path, *mismatch))
     num_classes = label_map.num_classes if label_map is not None else 0
     return _ShardResult(num_examples, counts[:num_classes],
-                        int(counts[constants.IGNORE_LABEL]), sizes, bad)
+                        int(counts[constants.IGNORE_LABEL]), sizes, bad, mismatched)
 
 
 def _run_shards(tasks, num_workers):
@@ -152,10 +185,12 @@ def _temp_prefix(split):
     return f".incomplete-{split}-"
 
 
-def _split_manifest(source, split, generation, names, results, bad):
+def _split_manifest(source, split, generation, names, results, bad, order_seed, order,
+                    resize):
     has_labels = source.label_map is not None
     num_classes = len(source.class_names)
     sizes = sum((r.sizes for r in results), collections.Counter())
+    mismatched = [item for r in results for item in r.mismatched]
     return {
         "format_version": manifest_lib.FORMAT_VERSION,
         "dataset": source.dataset,
@@ -174,10 +209,33 @@ def _split_manifest(source, split, generation, names, results, bad):
                                if has_labels else [0] * num_classes),
         "ignored_pixel_count": sum(r.ignored_pixels for r in results),
         "skipped": [{"file": f, "error": m} for f, m in bad],
+        "order_seed": order_seed,
+        "order": [int(i) for i in order],
+        "resized_to": {"image": resize.image_size and list(resize.image_size),
+                       "label": resize.label_size and list(resize.label_size)},
+        "mismatched_pairs": len(mismatched),
+        "mismatched": [{"image": i, "label": l, "image_size": si, "label_size": sl}
+                       for i, l, si, sl in mismatched],
     }
 
 
-def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_bad=False):
+def sample_order(num_samples, order_seed):
+    """The order in which samples are written: a seeded permutation, or None: source order.
+
+    The reference draws every batch uniformly from the whole split
+    (`DataLoader(shuffle=True)`). Training streams read a few shards at a
+    time through a bounded shuffle buffer, so shards written in source order
+    (consecutive, near-duplicate frames of one drive; one Cityscapes city)
+    would feed batches from a narrow window of the split. A permutation over
+    all shards makes any window of the stream a uniform sample of the split.
+    """
+    if order_seed is None:
+        return np.arange(num_samples)
+    return np.random.default_rng(order_seed).permutation(num_samples)
+
+
+def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_bad=False,
+                  order_seed=0, resize=Resize()):
     """Converts a dataset split to `{split}-g{generation}-%05d-of-%05d.tfrecord` shards.
 
     Args:
@@ -187,19 +245,28 @@ def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_
         module docstring).
       split: the split name used in file names; no '-' (readers take the
         text before the first '-' of a shard name as its split).
-      num_shards: number of shards (at most one per sample); samples are
-        split into contiguous runs, so reading the shards in name order gives
-        the samples in `source` order.
+      num_shards: number of shards (at most one per sample); the samples, in
+        `sample_order`, are split into contiguous runs, so reading the shards
+        in name order gives the samples in that order.
       num_workers: parallel worker processes.
       skip_bad: convert the good samples and list the bad ones in the
         manifest, instead of failing.
+      order_seed: seed of the permutation the samples are written in (see
+        `sample_order`); None keeps the source order.
+      resize: a `Resize`: images and labels stored at the training size,
+        resized exactly as the reference does (PIL bicubic / nearest), so
+        that the pipelines read them without resizing.
 
     Returns:
       The manifest dict, also written to `{split}_manifest.json`. Fields:
       format_version, dataset, split, generation, has_labels, num_examples,
       num_shards, shards [{file, num_examples}], num_classes, class_names,
       ignore_label, image_sizes {"HxW": count}, class_pixel_counts
-      [num_classes], ignored_pixel_count, skipped [{file, error}].
+      [num_classes], ignored_pixel_count, skipped [{file, error}],
+      order_seed, order (the source index of each sample, in written order;
+      skipped samples are left out of the shards, not of this list),
+      resized_to {image, label}, mismatched_pairs and mismatched [{image,
+      label, image_size, label_size}] (pairs of different sizes, resized).
 
     Raises:
       BadSamplesError: some samples are bad and `skip_bad` is False; then
@@ -223,14 +290,20 @@ def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_
              for i in range(num_shards)]
     temp_dir = tempfile.mkdtemp(prefix=_temp_prefix(split), dir=output_dir)
     try:
-        chunks = np.array_split(np.arange(len(samples)), num_shards)
+        order = sample_order(len(samples), order_seed)
+        chunks = np.array_split(order, num_shards)
         tasks = [([samples[i] for i in chunk], source.read_label, source.label_map,
-                  os.path.join(temp_dir, name)) for chunk, name in zip(chunks, names)]
+                  os.path.join(temp_dir, name), resize) for chunk, name in zip(chunks, names)]
         results = _run_shards(tasks, num_workers)
         bad = [item for result in results for item in result.bad]
         if bad and (not skip_bad or len(bad) == len(samples)):
             raise BadSamplesError(split, bad)
-        manifest = _split_manifest(source, split, generation, names, results, bad)
+        manifest = _split_manifest(source, split, generation, names, results, bad,
+                                   order_seed, order, resize)
+        for item in manifest["mismatched"]:
+            logging.warning("%s is %s but its label %s is %s: both resized independently, "
+                            "as the reference does", item["image"], item["image_size"],
+                            item["label"], item["label_size"])
         for name in names:
             os.replace(os.path.join(temp_dir, name), os.path.join(output_dir, name))
         manifest_lib.write_manifest(manifest, output_dir, split)  # The commit point.

@@ -12,13 +12,22 @@ from advent_tf.core import constants
 
 
 def resize_image(image, size):
-    """Bicubic resize of an RGB image in [0, 255] to `size` (height, width).
+    """Bicubic resize of an RGB image (or batch) in [0, 255] to `size` (height, width).
 
     Antialiased like the reference's PIL `resize(..., BICUBIC)`, then clipped
-    and rounded as PIL's uint8 output is.
+    and rounded as PIL's uint8 output is; within 1-3 grey levels of PIL on
+    about 15% of pixels at the reference's sizes. Bit-identical inputs come
+    from the converter instead (`--image_size`: PIL itself): an image that is
+    already at `size` is passed through untouched, without the resize's cost.
     """
-    resized = tf.image.resize(image, size, method="bicubic", antialias=True)
-    return tf.round(tf.clip_by_value(resized, 0.0, 255.0))
+    image = tf.cast(image, tf.float32)
+
+    def resize():
+        resized = tf.image.resize(image, size, method="bicubic", antialias=True)
+        return tf.round(tf.clip_by_value(resized, 0.0, 255.0))
+
+    same = tf.reduce_all(tf.equal(tf.shape(image)[-3:-1], tf.cast(size, tf.int32)))
+    return tf.cond(same, lambda: image, resize)
 
 
 def resize_label(label, size):

@@ -101,7 +101,8 @@ class OptimConfig:
     power: float = _field(0.9)
     lr_horizon: int = _field(250000)
     head_lr_multiplier: float = _field(10.0)
-    # "reference" or a positive integer, as a string (the flag's form).
+    # "reference", "deduplicated" (= "1") or a positive integer, as a string
+    # (the flag's form); see `factory.segmenter_optimizer`.
     backbone_update_repeats: str = _field("1")
     batch_size: int = _field(1)
 
@@ -365,6 +366,10 @@ def validate(config):
                if changed(f)]
         if aux:
             problems.append(f"{', '.join(aux)}: auxiliary-head weights need --multi_level")
+    if config.run.num_steps > optim.lr_horizon:
+        problems.append(f"--num_steps={config.run.num_steps} is past --lr_horizon="
+                        f"{optim.lr_horizon}: the poly learning rate is 0 there (the "
+                        "reference's lr_poly is undefined); stop at the horizon")
     if data.eval_every and not data.eval_pattern:
         problems.append(f"--eval_every={data.eval_every} without --eval_pattern: there is "
                         "nothing to evaluate on")
@@ -379,9 +384,10 @@ def validate(config):
         problems.append("--backbone=vgg16 is single-level (the paper's VGG-16): pass "
                         "--nomulti_level")
     repeats = optim.backbone_update_repeats
-    if repeats != "reference" and not (str(repeats).isdigit() and int(repeats) >= 1):
-        problems.append(f"--backbone_update_repeats={repeats}: 'reference' or a positive "
-                        "integer")
+    if repeats not in ("reference", "deduplicated") and not (
+            str(repeats).isdigit() and int(repeats) >= 1):
+        problems.append(f"--backbone_update_repeats={repeats}: 'reference', 'deduplicated' "
+                        "or a positive integer")
     if repeats == "reference" and not model.backbone.startswith("resnet"):
         problems.append("--backbone_update_repeats=reference: the reference code has no "
                         f"{model.backbone} (its parameter listing is the ResNet's)")

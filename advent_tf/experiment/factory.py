@@ -39,7 +39,13 @@ def _maybe_loss_scale(optimizer, precision):
 
 
 def segmenter_optimizer(config, segmenter):
-    """The reference's SGD of F: poly schedule, heads at `head_lr_multiplier`, repeats."""
+    """The reference's SGD of F: poly schedule, heads at `head_lr_multiplier`, repeats.
+
+    `backbone_update_repeats`: "reference" updates each backbone tensor as
+    often as the reference's optimizer listing names it (what torch 0.4.1
+    did with the paper's code); "deduplicated" (or 1) once per step; an
+    integer that many times.
+    """
     optim = config.optim
     sgd = optimizers.TorchSGD(learning_rate=_poly(optim, optim.learning_rate),
                               momentum=optim.momentum, weight_decay=optim.weight_decay)
@@ -48,8 +54,9 @@ def segmenter_optimizer(config, segmenter):
         for variable, count in models.reference_update_repeats(segmenter):
             sgd.set_update_repeats([variable], count)
     else:
+        repeats = optim.backbone_update_repeats
         sgd.set_update_repeats(models.backbone_variables(segmenter),
-                               int(optim.backbone_update_repeats))
+                               1 if repeats == "deduplicated" else int(repeats))
     return sgd
 
 

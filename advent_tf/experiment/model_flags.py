@@ -67,7 +67,6 @@ class LoadedModel:
     run_config: object
 
 
-
 def input_size(run_config, flag_value, flag_name):
     """(height, width) the network sees: the flag's, else the run's eval_size, else 1024x512.
 

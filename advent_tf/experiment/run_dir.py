@@ -35,9 +35,9 @@ def write(train_dir, config):
     os.makedirs(train_dir, exist_ok=True)
     flags_path = os.path.join(train_dir, FLAGS_FILENAME)
     _write_atomically(os.path.join(train_dir, CONFIG_FILENAME), config_lib.to_json(config))
+    header = f"# The flags of this run; relaunch it with --flagfile={flags_path}"
     _write_atomically(flags_path, "".join(
-        line + "\n" for line in [f"# The flags of this run; relaunch it with --flagfile={flags_path}"]
-        + config_lib.to_flag_lines(config)))
+        line + "\n" for line in [header] + config_lib.to_flag_lines(config)))
 
 
 def read_config(train_dir):

@@ -27,7 +27,7 @@ class CheckpointError(ValueError):
 
 
 class DamagedCheckpointError(CheckpointError):
-    """A checkpoint or weights file that cannot be read at all: truncated, corrupt, parts missing."""
+    """A checkpoint or weights file that cannot be read: truncated, corrupt, parts missing."""
 
 
 # What reading a damaged TF checkpoint raises: an OpError (checksum, truncated

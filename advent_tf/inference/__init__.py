@@ -1,1 +1,1 @@
-"""Using a trained segmenter: the segmentation path, the evaluation protocol, SavedModel, pictures."""
+"""Using a trained segmenter: segmentation, the evaluation protocol, SavedModel, pictures."""

@@ -40,8 +40,27 @@ def logits_at_input_resolution(members, images, model_size):
       float32 [B, H, W, C] logits.
     """
     images = tf.cast(images, tf.float32)
-    inputs = preprocessing.preprocess_image(transforms.resize_image(images, model_size))
-    return evaluation_protocol.ensemble_logits(members, inputs, tf.shape(images)[1:3])
+    return logits_of_resized(members, transforms.resize_image(images, model_size),
+                             tf.shape(images)[1:3])
+
+
+def logits_of_resized(members, resized_images, output_size):
+    """Weighted main logits of RGB images already at the network's input size.
+
+    `predict` resizes with PIL (the reference's resize, bit for bit) before
+    calling this; the SavedModel resizes with TensorFlow
+    (`logits_at_input_resolution`), since serving has no PIL.
+
+    Args:
+      members: list of (segmenter, weight).
+      resized_images: uint8 or float RGB [B, h, w, 3] in [0, 255].
+      output_size: (height, width) of the logits: the original images' size.
+
+    Returns:
+      float32 [B, H, W, C] logits.
+    """
+    inputs = preprocessing.preprocess_image(tf.cast(resized_images, tf.float32))
+    return evaluation_protocol.ensemble_logits(members, inputs, output_size)
 
 
 def segmentation_maps(logits):

@@ -43,7 +43,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
             if not math.isfinite(float(value)):
                 latest = tf.train.latest_checkpoint(self.checkpoint_dir)
                 raise NonFiniteLossError(
-                    f"{name} is {float(value)} at step {global_step(self.model)}; training stopped. "
+                    f"{name} is {float(value)} at step {global_step(self.model)}; "
+                    "training stopped. "
                     f"Last good checkpoint kept: {latest or 'none yet'}. Lower the learning "
                     "rate or check the data before resuming.")
 
@@ -176,7 +177,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         if step % self.every:
             return
         hist = evaluation_protocol.evaluate([(self.model.segmenter, 1.0)], self.dataset_fn(),
-                                   len(self.class_names))
+                                            len(self.class_names))
         summary = evaluation_protocol.summarize(hist, self.class_names)
         evaluation_protocol.write_scalars(self.writer, summary, step)
         logging.info("step %d  target mIoU %.2f", step, summary["miou"])
