@@ -36,6 +36,15 @@ every model tensor must be provided with the right shape and every checkpoint
 tensor must be used, otherwise nothing is written and the error lists every
 missing, unexpected and mis-shaped key.
 
+**torchvision's ImageNet VGG-16** (``vgg16-397923af.pth``, keys
+``features.N.*`` and ``classifier.N.*``) initialises the DeepLab-V2 VGG-16
+(``backbone="vgg16"``), as AdaptSegNet's ``DeeplabVGG`` (the VGG-16 of the DA
+literature) is initialised: the 13 convolutions ``features.{0, 2, 5, 7, 10,
+12, 14, 17, 19, 21, 24, 26, 28}`` become ``conv1_1`` ... ``conv5_3``; the
+fully connected ``classifier.*`` (4096-wide, for 224x224 inputs) do not fit
+the convolutional fc6/fc7 and are skipped, so fc6, fc7 and the ASPP
+classifier keep their fresh initialisation.
+
 Checkpoints are read with ``torch.load(..., weights_only=True)`` only, which
 refuses to unpickle anything but tensors and plain containers; torch is the
 ``convert`` extra and is imported on first use.
@@ -58,6 +67,12 @@ from advent_tf.models.builder import RESNET_BACKBONES, build_segmenter
 from advent_tf.models.discriminator import CONV_INDICES
 
 FORMAT_MODEL = "model"
+FORMAT_TORCHVISION_VGG16 = "torchvision_vgg16"
+# torchvision's vgg16().features indices of the 13 convolutions, in order.
+_VGG16_FEATURE_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+_VGG16_CONV_NAMES = tuple(f"conv{block}.{i}" for block, count in
+                          ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+                          for i in range(1, count + 1))
 FORMAT_IMAGENET_INIT = "imagenet_init"
 
 _INIT_PREFIX = "Scale."
@@ -117,7 +132,8 @@ class ConversionSummary:
     """What a conversion did.
 
     Attributes:
-      checkpoint_format: `FORMAT_MODEL` or `FORMAT_IMAGENET_INIT`.
+      checkpoint_format: `FORMAT_MODEL`, `FORMAT_IMAGENET_INIT` or
+        `FORMAT_TORCHVISION_VGG16`.
       num_tensors: Tensors copied into the Keras model.
       skipped_keys: Checkpoint keys deliberately not converted (the
         initialisation's classifier), in checkpoint naming.
@@ -185,13 +201,19 @@ def load_pytorch_state_dict(path):
 
 
 def detect_format(state_dict):
-    """Returns `FORMAT_IMAGENET_INIT` if every key has the ``Scale.`` prefix, else `FORMAT_MODEL`.
+    """The checkpoint's format, from its keys.
 
-    A partly prefixed dict is treated as a model checkpoint, so its prefixed
-    keys are reported as unexpected rather than silently dropped.
+    `FORMAT_IMAGENET_INIT` if every key has the ``Scale.`` prefix;
+    `FORMAT_TORCHVISION_VGG16` if every key is under ``features.`` or
+    ``classifier.``; else `FORMAT_MODEL`. A partly prefixed dict is treated
+    as a model checkpoint, so its odd keys are reported as unexpected rather
+    than silently dropped.
     """
     if state_dict and all(k.startswith(_INIT_PREFIX) for k in state_dict):
         return FORMAT_IMAGENET_INIT
+    if state_dict and all(k.split(".", 1)[0] in ("features", "classifier")
+                          for k in state_dict):
+        return FORMAT_TORCHVISION_VGG16
     return FORMAT_MODEL
 
 
@@ -211,7 +233,17 @@ def _normalise(state_dict, multi_level):
     """
     checkpoint_format = detect_format(state_dict)
     tensors, original_names, skipped, renamed = {}, {}, [], {}
-    if checkpoint_format == FORMAT_IMAGENET_INIT:
+    if checkpoint_format == FORMAT_TORCHVISION_VGG16:
+        names = {f"features.{index}": name
+                 for index, name in zip(_VGG16_FEATURE_CONVS, _VGG16_CONV_NAMES)}
+        for key, value in state_dict.items():
+            module, _, param = key.rpartition(".")
+            if key.startswith("classifier."):
+                skipped.append(key)  # Fully connected: no counterpart in DeepLab-V2.
+                continue
+            name = f"{names[module]}.{param}" if module in names else key
+            tensors[name], original_names[name] = value, key
+    elif checkpoint_format == FORMAT_IMAGENET_INIT:
         for key, value in state_dict.items():
             name = key[len(_INIT_PREFIX):]
             # The reference drops the initialisation's own classifier.
@@ -240,7 +272,12 @@ def _torch_module_path(layer_name):
 
 
 def _expected_tensors(model, include_heads):
-    """``{pytorch_key: (keras_variable, to_keras)}`` for every weight of ``model``."""
+    """``{pytorch_key: (keras_variable, to_keras)}`` for every weight of ``model``.
+
+    Without `include_heads`, the layers an initialisation does not provide are
+    left out: the ASPP heads, and for VGG-16 also fc6 and fc7.
+    """
+    fresh = _HEAD_MODULES + ("fc6", "fc7", "classifier")
     expected = {}
     for layer in model.layers:
         if not layer.weights:
@@ -254,11 +291,22 @@ def _expected_tensors(model, include_heads):
                 f"Layer {layer.name!r} ({type(layer).__name__}) has weights but no "
                 "PyTorch counterpart the converter knows.")
         module = _torch_module_path(layer.name)
-        if not include_heads and module.split(".", 1)[0] in _HEAD_MODULES:
+        if not include_heads and module.split(".", 1)[0] in fresh:
             continue
         for param, transpose, variable in zip(params, transposes, layer.weights):
             expected[f"{module}.{param}"] = (variable, transpose)
     return expected
+
+
+def _checkpoint_key(key, checkpoint_format):
+    """A model key as the checkpoint names it (torchvision's ``features.N`` for VGG-16)."""
+    if checkpoint_format != FORMAT_TORCHVISION_VGG16:
+        return key
+    module, _, param = key.rpartition(".")
+    if module not in _VGG16_CONV_NAMES:
+        return key
+    index = _VGG16_FEATURE_CONVS[_VGG16_CONV_NAMES.index(module)]
+    return f"features.{index}.{param} ({module.replace('.', '_')})"
 
 
 def _to_pytorch_shape(shape, transpose):
@@ -268,13 +316,14 @@ def _to_pytorch_shape(shape, transpose):
 
 
 def load_state_dict_into_model(model, state_dict):
-    """Copies a reference state dict into a `build_segmenter` ResNet, strictly.
+    """Copies a reference state dict into a `build_segmenter` network, strictly.
 
     Nothing is assigned unless the whole state dict matches. Whether the
     model is multi-level (has ``layer5``) selects the head mapping.
 
     Args:
-      model: A ResNet model from `build_segmenter` (any BN mode).
+      model: A ResNet model from `build_segmenter` (any BN mode), or its
+        VGG-16 for a torchvision VGG-16 state dict.
       state_dict: ``{key: array}`` in either checkpoint format (see the module
         docstring), e.g. from `load_pytorch_state_dict`.
 
@@ -289,7 +338,7 @@ def load_state_dict_into_model(model, state_dict):
         state_dict, multi_level)
     heads_converted = checkpoint_format == FORMAT_MODEL
     expected = _expected_tensors(model, include_heads=heads_converted)
-    missing = [k for k in expected if k not in tensors]
+    missing = [_checkpoint_key(k, checkpoint_format) for k in expected if k not in tensors]
     unexpected = [original_names[k] for k in tensors if k not in expected]
     mismatched = []
     for key in expected.keys() & tensors.keys():
@@ -312,6 +361,9 @@ def load_state_dict_into_model(model, state_dict):
         skipped_keys=skipped, renamed_heads=renamed, heads_converted=heads_converted)
 
 
+CONVERTIBLE_BACKBONES = RESNET_BACKBONES + ("vgg16",)
+
+
 def convert_checkpoint(input_path, output_path, backbone="resnet101", num_classes=19,
                        multi_level=True):
     """Converts a reference ``.pth`` checkpoint to a Keras ``.weights.h5`` file.
@@ -326,8 +378,9 @@ def convert_checkpoint(input_path, output_path, backbone="resnet101", num_classe
       input_path: The PyTorch checkpoint.
       output_path: Destination, ending in ``.weights.h5``; replaced if it
         exists and the conversion succeeds.
-      backbone: One of `models.RESNET_BACKBONES` (the official checkpoints exist
-        for the ResNet family only: the reference has no VGG-16).
+      backbone: One of `CONVERTIBLE_BACKBONES`: a ResNet for the official
+        checkpoints (the reference has no VGG-16), ``"vgg16"`` (single-level)
+        for torchvision's ImageNet VGG-16.
       num_classes: Classes of the checkpoint's heads (19 GTA5, 16 SYNTHIA).
       multi_level: Whether the model has the auxiliary ``layer5`` head.
 
@@ -344,9 +397,14 @@ def convert_checkpoint(input_path, output_path, backbone="resnet101", num_classe
         raise ValueError(
             f"The output must end in {WEIGHTS_SUFFIX} (Keras 3 weights file), "
             f"got {str(output_path)!r}.")
-    if backbone not in RESNET_BACKBONES:
-        raise ValueError(f"backbone must be one of {RESNET_BACKBONES}, got {backbone!r}.")
+    if backbone not in CONVERTIBLE_BACKBONES:
+        raise ValueError(f"backbone must be one of {CONVERTIBLE_BACKBONES}, got {backbone!r}.")
     state_dict = load_pytorch_state_dict(input_path)
+    if (backbone == "vgg16") != (detect_format(state_dict) == FORMAT_TORCHVISION_VGG16):
+        raise ValueError(
+            f"{input_path} is a {detect_format(state_dict)} checkpoint, which does not fit "
+            f"backbone {backbone!r} (torchvision's VGG-16 converts to vgg16 only, the "
+            "reference's ResNet checkpoints to the resnet backbones)")
     model = build_segmenter(backbone, num_classes=num_classes, multi_level=multi_level)
     summary = load_state_dict_into_model(model, state_dict)
     output_path.parent.mkdir(parents=True, exist_ok=True)

@@ -274,3 +274,40 @@ def test_output_must_be_a_keras_weights_file(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match=r"\.weights\.h5"):
         pytorch_interop.convert_checkpoint(tiny_checkpoint, tmp_path / "out.h5",
                                            backbone="resnet_tiny")
+
+
+def test_torchvision_vgg16_initialises_the_deeplab_vgg16(tmp_path):
+    """torchvision's vgg16 keys -> conv1_1..conv5_3; pool5 features equal a PyTorch restatement."""
+    net = pytorch_reference.randomize_(pytorch_reference.DeepLabVGG16Features(), seed=3).eval()
+    state = dict(net.state_dict())
+    # torchvision's fully connected classifier: skipped (no counterpart in DeepLab-V2).
+    state.update({"classifier.0.weight": torch.zeros(8, 4), "classifier.0.bias": torch.zeros(8)})
+    checkpoint, output = tmp_path / "vgg16.pth", tmp_path / "vgg16.weights.h5"
+    torch.save(state, checkpoint)
+    summary = pytorch_interop.convert_checkpoint(checkpoint, output, backbone="vgg16",
+                                                 num_classes=5, multi_level=False)
+    assert summary.checkpoint_format == pytorch_interop.FORMAT_TORCHVISION_VGG16
+    assert summary.num_tensors == 26 and not summary.heads_converted
+    assert summary.skipped_keys == ("classifier.0.weight", "classifier.0.bias")
+    model = build_segmenter("vgg16", 5, multi_level=False)
+    fresh_fc6 = model.get_layer("fc6").get_weights()[0].copy()
+    model.load_weights(output)
+    np.testing.assert_array_equal(model.get_layer("fc6").get_weights()[0].shape, fresh_fc6.shape)
+    features = keras.Model(model.input, model.get_layer("pool5").output)
+    x = np.random.default_rng(0).normal(0, 50, (1, 37, 53, 3)).astype(np.float32)
+    ours = features(x).numpy()
+    with torch.no_grad():
+        theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    assert ours.shape == theirs.shape == (1, 6, 8, 512)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    # Strict: a missing convolution is named, nothing is written.
+    del state["features.28.weight"]
+    torch.save(state, checkpoint)
+    with pytest.raises(pytorch_interop.StateDictMismatchError, match="features.28.weight"):
+        pytorch_interop.convert_checkpoint(checkpoint, tmp_path / "other.weights.h5",
+                                           backbone="vgg16", num_classes=5, multi_level=False)
+    assert not (tmp_path / "other.weights.h5").exists()
+    # A VGG-16 checkpoint is not a ResNet's, and the other way round.
+    with pytest.raises(ValueError, match="does not fit backbone 'resnet_tiny'"):
+        pytorch_interop.convert_checkpoint(checkpoint, tmp_path / "x.weights.h5",
+                                           backbone="resnet_tiny", multi_level=False)

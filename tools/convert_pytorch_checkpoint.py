@@ -11,6 +11,11 @@ Examples:
   python tools/convert_pytorch_checkpoint.py \
       --input DeepLab_resnet_pretrained_imagenet.pth --output init.weights.h5
 
+  # torchvision's ImageNet VGG-16 (vgg16-397923af.pth) for the VGG-16 rows:
+  # conv1_1..conv5_3 from it; fc6, fc7 and the classifier stay fresh.
+  python tools/convert_pytorch_checkpoint.py --backbone=vgg16 --nomulti_level \
+      --num_classes=16 --input vgg16-397923af.pth --output vgg16_imagenet.weights.h5
+
 Load the result with the same model arguments:
 ``build_segmenter(backbone, num_classes, multi_level).load_weights(output)``.
 See `advent_tf.pytorch_interop` for the key mapping. Exits with status 1, writing
@@ -22,7 +27,6 @@ import sys
 from absl import app, flags, logging
 
 from advent_tf import pytorch_interop
-from advent_tf import models
 
 _INPUT = flags.DEFINE_string("input", None, "PyTorch checkpoint (.pth) to pytorch_interop.")
 _OUTPUT = flags.DEFINE_string(
@@ -35,7 +39,9 @@ _MULTI_LEVEL = flags.DEFINE_bool(
     "Whether the network has the auxiliary layer5 head on layer3 (the "
     "released ADVENT models do).")
 _BACKBONE = flags.DEFINE_enum(
-    "backbone", "resnet101", models.RESNET_BACKBONES, "Depth of the DeepLab-V2 ResNet.")
+    "backbone", "resnet101", pytorch_interop.CONVERTIBLE_BACKBONES,
+    "DeepLab-V2 backbone: a ResNet for the official checkpoints, vgg16 (with "
+    "--nomulti_level) for torchvision's ImageNet VGG-16.")
 
 flags.mark_flags_as_required(["input", "output"])
 
@@ -58,13 +64,14 @@ def main(argv):
     logging.info("Read a %s checkpoint; wrote %d tensors to %s.",
                  summary.checkpoint_format, summary.num_tensors, _OUTPUT.value)
     if summary.skipped_keys:
-        logging.info("Skipped the initialisation's classifier (as the reference "
-                     "does): %s", ", ".join(summary.skipped_keys))
+        logging.info("Skipped the initialisation's classifier (no counterpart in the "
+                     "DeepLab-V2 network; the reference skips it too): %s",
+                     ", ".join(summary.skipped_keys))
     for source, target in summary.renamed_heads.items():
         logging.info("Mapped the single-level head %s to the main head %s.",
                      source, target)
     if not summary.heads_converted:
-        logging.info("The ASPP heads keep their fresh initialisation.")
+        logging.info("The ASPP heads (and VGG-16's fc6, fc7) keep their fresh initialisation.")
     return 0
 
 

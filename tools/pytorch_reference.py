@@ -187,6 +187,34 @@ def get_fc_discriminator(num_classes, ndf=64):
     )
 
 
+class DeepLabVGG16Features(nn.Module):
+    """DeepLab-V2 VGG-16 up to pool5 (``advent_tf.models.vgg``'s layout), in PyTorch.
+
+    Not in the reference code (it has no VGG); restated so that the VGG-16
+    converter can be checked: ``features`` is numbered exactly like
+    torchvision's ``vgg16().features`` (convs 0, 2, 5, ..., 28), so
+    torchvision's ImageNet state dict loads into it, while the pools are
+    DeepLab-V2's (3x3, padding 1, ceil mode; stride 2 for pool1-3, 1 for
+    pool4-5) and conv5 is dilated by 2.
+    """
+
+    def __init__(self):
+        super().__init__()
+        layers, channels = [], 3
+        for count, width, dilation, pool_stride in ((2, 64, 1, 2), (2, 128, 1, 2),
+                                                    (3, 256, 1, 2), (3, 512, 1, 1),
+                                                    (3, 512, 2, 1)):
+            for _ in range(count):
+                layers += [nn.Conv2d(channels, width, 3, padding=dilation, dilation=dilation),
+                           nn.ReLU()]
+                channels = width
+            layers.append(nn.MaxPool2d(3, stride=pool_stride, padding=1, ceil_mode=True))
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.features(x)
+
+
 def randomize_(model, seed):
     """Gives every tensor of ``model`` a random, scale-preserving value.
 
