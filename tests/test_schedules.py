@@ -212,3 +212,19 @@ def test_torch_sgd_under_mirrored_strategy(tmp_path, ref):
     np.savez(data, **{k: ref[k] for k in ("h_p0", "h_grads", "h_traj_torch213_mult1",
                                           "h_traj_torch041_mult3")})
     assert "OK 2" in two_cpus.run(_MIRRORED_SCRIPT, data)
+
+
+def test_the_restated_torch041_sgd_reproduces_its_trajectory(ref):
+    """tools/pytorch_reference.Torch041SGD (used by the reference-iteration tests) vs 0.4.1 itself."""
+    torch = pytest.importorskip("torch")
+    import pytorch_reference
+
+    param = torch.nn.Parameter(torch.tensor(ref["h_p0"], dtype=torch.float64))
+    optimizer = pytorch_reference.Torch041SGD([param] * 3, lr=_LR, momentum=_MOMENTUM,
+                                              weight_decay=_WD)
+    trajectory = []
+    for grad in ref["h_grads"]:
+        param.grad = torch.tensor(grad, dtype=torch.float64)
+        optimizer.step()
+        trajectory.append(param.detach().numpy().copy())
+    np.testing.assert_allclose(np.array(trajectory), ref["h_traj_torch041_mult3"], rtol=1e-10)

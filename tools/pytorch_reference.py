@@ -270,6 +270,55 @@ def entropy_loss(v):
     return -torch.sum(torch.mul(v, torch.log2(v + 1e-30))) / (n * h * w * np.log2(c))
 
 
+def ranked_entropy_loss(v, top_fraction):
+    """MinEnt+ER (paper section 4.3; not in the reference code): `entropy_loss` over each
+    sample's `top_fraction` highest-entropy pixels, then averaged over the batch."""
+    n, c, h, w = v.size()
+    entropy_map = -torch.sum(torch.mul(v, torch.log2(v + 1e-30)), dim=1) / np.log2(c)
+    k = max(1, int(np.floor(top_fraction * h * w + 0.5)))
+    return torch.topk(entropy_map.reshape(n, h * w), k, dim=1).values.mean()
+
+
+def class_ratio_prior_loss(v, prior, mu):
+    """CP (paper eq. 10; not in the reference code): sum_c max(0, mu p_s(c) - p_t(c)) per
+    target image, p_t the image's mean class probability; averaged over the batch."""
+    target_ratio = v.mean(dim=(2, 3))
+    return torch.relu(mu * prior[None] - target_ratio).sum(dim=1).mean()
+
+
+class Torch041SGD(torch.optim.Optimizer):
+    """``torch.optim.SGD.step`` of torch 0.4.1, the version the paper's runs used.
+
+    What differs from current PyTorch is how a tensor listed several times in
+    a group (the reference's backbone listing) is updated: 0.4.1 walks the
+    list in order, each copy adding the weight decay into the gradient in
+    place and updating the tensor's one momentum buffer, then the tensor.
+    """
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d_p = p.grad
+                if group["weight_decay"]:
+                    d_p.add_(p, alpha=group["weight_decay"])  # in place, as 0.4.1
+                if group["momentum"]:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        buf = state["momentum_buffer"] = torch.zeros_like(p)
+                        buf.mul_(group["momentum"]).add_(d_p)
+                    else:
+                        buf = state["momentum_buffer"]
+                        buf.mul_(group["momentum"]).add_(d_p)
+                    d_p = buf
+                p.add_(d_p, alpha=-group["lr"])
+
+
 def lr_poly(base_lr, i_iter, max_iter, power):
     return base_lr * ((1 - float(i_iter) / max_iter) ** power)
 
@@ -295,6 +344,8 @@ class ReferenceTrainer:
         reference lists them 3-4 times, and current PyTorch, like 0.4.1,
         then applies one update per listed copy (each from a fresh momentum
         buffer on the first step): not what our default `TorchSGD` does.
+      torch041_sgd: Step with `Torch041SGD` (the paper's PyTorch) instead of
+        the installed `torch.optim.SGD`; they differ on duplicated tensors.
       **overrides: New values for the upper-case hyper-parameters below
         (e.g. ``LEARNING_RATE=0.01``), for tests that need larger steps.
     """
@@ -306,9 +357,18 @@ class ReferenceTrainer:
     LAMBDA_SEG_MAIN, LAMBDA_SEG_AUX = 1.0, 0.1
     LAMBDA_ENT_MAIN, LAMBDA_ENT_AUX = 0.001, 0.0002
     LAMBDA_ADV_MAIN, LAMBDA_ADV_AUX = 0.001, 0.0002
+    WEIGHT_DECAY = 5e-4
+    # The paper's additions, absent from the reference code: MinEnt+ER keeps
+    # each sample's TOP_FRACTION highest-entropy pixels (None: plain MinEnt);
+    # CP adds LAMBDA_CP * L_cp(main head) with the source prior CLASS_PRIOR
+    # (None: no CP) to the target loss of MinEnt and to AdvEnt's generator loss.
+    TOP_FRACTION = None
+    CLASS_PRIOR = None
+    PRIOR_MU = 0.5
+    LAMBDA_CP = 0.001
 
     def __init__(self, method, model, num_classes, autocast_dtype=None, discriminators=None,
-                 deduplicate=False, **overrides):
+                 deduplicate=False, torch041_sgd=False, **overrides):
         if method not in ("source_only", "minent", "advent"):
             raise ValueError(f"unknown method {method!r}")
         for name, value in overrides.items():
@@ -321,9 +381,10 @@ class ReferenceTrainer:
         with warnings.catch_warnings():
             # The duplicated backbone parameters (the reference's quirk).
             warnings.simplefilter("ignore", UserWarning)
-            self.optimizer = torch.optim.SGD(
+            sgd = Torch041SGD if torch041_sgd else torch.optim.SGD
+            self.optimizer = sgd(
                 model.optim_parameters(self.LEARNING_RATE, deduplicate), lr=self.LEARNING_RATE,
-                momentum=0.9, weight_decay=5e-4)
+                momentum=0.9, weight_decay=self.WEIGHT_DECAY)
         self.d_main = self.d_aux = None
         if method == "advent":
             self.d_main, self.d_aux = discriminators or (get_fc_discriminator(num_classes),
@@ -382,10 +443,13 @@ class ReferenceTrainer:
                 pred_trg_aux, pred_trg_main = model(images_target)
                 pred_prob_trg_aux = F.softmax(interp_target(pred_trg_aux), dim=1)
                 pred_prob_trg_main = F.softmax(interp_target(pred_trg_main), dim=1)
-                loss_target_entp_aux = entropy_loss(pred_prob_trg_aux)
-                loss_target_entp_main = entropy_loss(pred_prob_trg_main)
+                entropy = (entropy_loss if self.TOP_FRACTION is None else
+                           lambda v: ranked_entropy_loss(v, self.TOP_FRACTION))
+                loss_target_entp_aux = entropy(pred_prob_trg_aux)
+                loss_target_entp_main = entropy(pred_prob_trg_main)
                 loss = (self.LAMBDA_ENT_AUX * loss_target_entp_aux
-                        + self.LAMBDA_ENT_MAIN * loss_target_entp_main)
+                        + self.LAMBDA_ENT_MAIN * loss_target_entp_main
+                        + self._class_prior_term(pred_prob_trg_main, losses))
             loss.backward()
             losses.update(loss_ent_aux=loss_target_entp_aux.item(),
                           loss_ent_main=loss_target_entp_main.item())
@@ -399,6 +463,15 @@ class ReferenceTrainer:
         self.i_iter += 1
         return losses
 
+    def _class_prior_term(self, prob_main, losses):
+        """LAMBDA_CP * L_cp on the main head's target probabilities, or 0 without a prior."""
+        if self.CLASS_PRIOR is None:
+            return 0.0
+        loss_cp = class_ratio_prior_loss(prob_main, torch.as_tensor(self.CLASS_PRIOR),
+                                         self.PRIOR_MU)
+        losses["loss_cp"] = loss_cp.item()
+        return self.LAMBDA_CP * loss_cp
+
     def _adversarial(self, model, images, interp_target, pred_src_aux, pred_src_main):
         """``train_advent`` after the source pass: generator, then discriminator losses."""
         with self._autocast():
@@ -409,13 +482,15 @@ class ReferenceTrainer:
             pred_trg_main = interp_target(pred_trg_main)
             d_out_main = self.d_main(prob_2_entropy(F.softmax(pred_trg_main, dim=1)))
             loss_adv_trg_main = bce_loss(d_out_main, SOURCE_LABEL)
+            losses = {}
             loss = (self.LAMBDA_ADV_MAIN * loss_adv_trg_main
-                    + self.LAMBDA_ADV_AUX * loss_adv_trg_aux)
+                    + self.LAMBDA_ADV_AUX * loss_adv_trg_aux
+                    + self._class_prior_term(F.softmax(pred_trg_main, dim=1), losses))
         loss.backward()
         for d in (self.d_aux, self.d_main):
             d.requires_grad_(True)
-        losses = {"loss_adv_trg_aux": loss_adv_trg_aux.item(),
-                  "loss_adv_trg_main": loss_adv_trg_main.item()}
+        losses.update({"loss_adv_trg_aux": loss_adv_trg_aux.item(),
+                       "loss_adv_trg_main": loss_adv_trg_main.item()})
         # The reference's order: source aux, source main, target aux, target main.
         for domain, (aux, main), label in (
                 ("src", (pred_src_aux, pred_src_main), SOURCE_LABEL),
