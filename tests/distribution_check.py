@@ -3,6 +3,8 @@
 Trains each method for two steps on one fixed global batch of 2, once on one
 device and once under MirroredStrategy over 2 logical CPU devices (one image
 per replica), and prints the largest weight differences per method (see `main`).
+With ``--gradients`` it compares the gradients themselves instead, one loss
+term at a time (see `gradient_differences`).
 """
 
 import json
@@ -14,6 +16,8 @@ import tensorflow as tf
 import two_cpus
 
 MIRRORED = two_cpus.mirrored_strategy()
+
+import keras  # noqa: E402
 
 from advent_tf.experiment import config  # noqa: E402
 from advent_tf.experiment import factory  # noqa: E402
@@ -48,6 +52,57 @@ def train(strategy, method_name):
             [w.numpy() for w in method.weights if id(w) in d_ids])
 
 
+# One loss term at a time: (method, config values) whose update comes from that term only.
+GRADIENT_TERMS = {
+    "seg": ("source_only", {}),
+    "ent": ("minent", dict(lambda_seg_main=0.0, lambda_seg_aux=0.0)),
+    "adv": ("advent", dict(lambda_seg_main=0.0, lambda_seg_aux=0.0)),
+}
+
+
+def one_step_gradients(strategy, method_name, values):
+    """The summed gradients of one step: the weight change under SGD(lr 1, no momentum).
+
+    The factory's method is recompiled with plain SGD at learning rate 1 for F and
+    both discriminators, so that the update of every weight is minus the
+    gradient the optimizers receive, before any optimizer arithmetic (Adam
+    would hide a gradient's scale).
+    """
+    cfg = config.from_values(dict(
+        method=method_name, backbone="resnet_mini", num_classes=19, multi_level=True,
+        bn_mode="frozen", seed=0, weight_decay=0.0, **values))
+    with strategy.scope():
+        method = factory.build_method(cfg)
+        sgd = [keras.optimizers.SGD(1.0) for _ in range(3)]
+        if method_name == "advent":
+            method.compile(*sgd)
+        else:
+            method.compile(sgd[0])
+    groups = {"segmenter": method.segmenter.trainable_variables}
+    for name in ("discriminator_main", "discriminator_aux"):
+        if getattr(method, name, None) is not None:
+            groups[name] = getattr(method, name).trainable_variables
+    before = {group: [v.numpy() for v in variables] for group, variables in groups.items()}
+    method.fit(tf.data.Dataset.from_tensors(_batch()).repeat(), epochs=1, steps_per_epoch=1,
+               verbose=0)
+    return {group: [b - v.numpy() for b, v in zip(before[group], variables)]
+            for group, variables in groups.items()}
+
+
+def gradient_differences(terms):
+    """{term: {group: largest |one device - 2 replicas| / largest |one device|}}."""
+    one = tf.distribute.OneDeviceStrategy("/cpu:0")
+    result = {}
+    for term in terms:
+        method_name, values = GRADIENT_TERMS[term]
+        a = one_step_gradients(one, method_name, values)
+        b = one_step_gradients(MIRRORED, method_name, values)
+        result[term] = {
+            group: max(float(np.max(np.abs(x - y))) for x, y in zip(a[group], b[group]))
+            / max(float(np.max(np.abs(x))) for x in a[group]) for group in a}
+    return result
+
+
 def main():
     """Prints {method: [largest relative difference of the non-discriminator weights,
     largest discriminator weight difference in units of Adam's learning rate]}.
@@ -56,6 +111,9 @@ def main():
     by its own magnitude, so near-zero (round-off level) gradient components
     move by float32 noise amplified to a fraction of a step.
     """
+    if sys.argv[1] == "--gradients":
+        print(json.dumps(gradient_differences(sys.argv[2:])))
+        return
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
     result = {}
     for name in sys.argv[1:]:

@@ -16,3 +16,20 @@ def test_mirrored_two_replicas_match_one_device():
         # Discriminators: within 5% of one Adam step (round-off on near-zero
         # gradients, amplified by Adam's normalisation).
         assert discriminator_steps < 0.05, (method, discriminator_steps)
+
+
+def test_mirrored_two_replicas_give_the_one_device_gradients_per_loss_term():
+    """Gradients before the optimizer, for F and both discriminators, term by term.
+
+    Adam ignores a gradient's scale, so comparing weights after Adam steps cannot
+    see a discriminator loss summed instead of averaged over replicas; plain SGD
+    at learning rate 1 makes each weight change equal to the gradient.
+    """
+    stdout = two_cpus.run(two_cpus.TESTS_DIR / "distribution_check.py", "--gradients",
+                          "seg", "ent", "adv", timeout=600)
+    differences = json.loads(stdout.strip().splitlines()[-1])
+    assert set(differences) == {"seg", "ent", "adv"}
+    assert set(differences["adv"]) == {"segmenter", "discriminator_main", "discriminator_aux"}
+    for term, groups in differences.items():
+        for group, relative in groups.items():
+            assert relative < 1e-4, (term, group, relative)
