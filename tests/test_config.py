@@ -140,6 +140,9 @@ REFUSED = [
     (dict(num_classes=3, class_names=("a", "b")), "2 class names for --num_classes=3"),
     (dict(num_classes=2, class_names=("a", "a")), "class names must be distinct"),
     (dict(num_steps=120000, lr_horizon=90000), "--num_steps=120000 is past --lr_horizon=90000"),
+    (dict(method="source_only", compare_source_only=True, eval_pattern="v-*"),
+     "--compare_source_only needs an adaptation method"),
+    (dict(method="advent", compare_source_only=True), "--compare_source_only needs"),
 ]
 
 

@@ -123,6 +123,9 @@ class RunConfig:
     mixed_precision: str = _field("float32")
     seed: int = _field(1234)
     deterministic: bool = _field(False, RESUME_EXECUTION)
+    # Also train the source-only baseline (same data, steps, seed) in
+    # TRAIN_DIR/source_only and report both target mIoUs and the gain.
+    compare_source_only: bool = _field(False, RESUME_EXECUTION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +373,9 @@ def validate(config):
         problems.append(f"--num_steps={config.run.num_steps} is past --lr_horizon="
                         f"{optim.lr_horizon}: the poly learning rate is 0 there (the "
                         "reference's lr_poly is undefined); stop at the horizon")
+    if config.run.compare_source_only and (name == "source_only" or not data.eval_pattern):
+        problems.append("--compare_source_only needs an adaptation method (minent or advent) "
+                        "and --eval_pattern to score both on")
     if data.eval_every and not data.eval_pattern:
         problems.append(f"--eval_every={data.eval_every} without --eval_pattern: there is "
                         "nothing to evaluate on")
