@@ -10,6 +10,7 @@ command resumes from the newest checkpoint in --train_dir.
 
 import dataclasses
 import os
+import shutil
 
 import keras
 import tensorflow as tf
@@ -311,6 +312,10 @@ def run(cfg):
             augment=cfg.data.augment)
         method.fit(dataset, epochs=1, steps_per_epoch=None, verbose=0,
                    callbacks=_callbacks(cfg, method, manager, next(iter(dataset))))
+    if not checkpointing.is_chief():
+        # A worker's checkpoints only take part in the collective save; the
+        # chief's copy is the run's.
+        shutil.rmtree(manager.directory, ignore_errors=True)
     summary = _final_evaluation(method, cfg) if cfg.data.eval_pattern else None
     if cfg.run.compare_source_only:
         _, baseline = run(source_only_baseline(cfg))

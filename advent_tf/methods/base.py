@@ -100,6 +100,19 @@ class DomainAdaptationModel(keras.Model):
     def call(self, images, training=False):
         return self.segmenter(images, training=training)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras' symbolic build in `fit`: everything is built already.
+
+        The networks are built functional models, the optimizers are built in
+        `compile` and the trackers in the constructor. Under a strategy Keras
+        would otherwise draw the first batch and average it across replicas
+        with `strategy.reduce`, which MultiWorkerMirroredStrategy's collectives
+        cannot do for a dict of tensors (every worker crashed at the first
+        step with "Attempt to convert a value ({'source_image': PerReplica...")
+        and which consumes a batch of the stream for nothing.
+        """
+        del iterator, data_batch
+
     def compile(self, optimizer, **kwargs):
         """Compiles with the segmenter's SGD; builds its slots now.
 
@@ -134,6 +147,10 @@ class DomainAdaptationModel(keras.Model):
     def logs(self):
         logs = {name: tracker.result() for name, tracker in self._trackers.items()}
         logs["lr"] = self._current_lr()
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras averages each log over the workers with strategy.reduce(..., axis=0),
+            # which fails on a scalar ("Invalid reduction dimension 0"): give it an axis.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
         return logs
 
     def _current_lr(self):
