@@ -227,8 +227,8 @@ def _validate_data(cfg):
 
 
 def _resuming(train_dir):
-    """Whether --train_dir holds a checkpoint to resume from."""
-    ckpt_dir = checkpointing.checkpoint_dir(train_dir)
+    """Whether --train_dir holds a checkpoint to resume from (the chief's, for every worker)."""
+    ckpt_dir = checkpointing.chief_checkpoint_dir(train_dir)
     return bool(tf.io.gfile.glob(os.path.join(ckpt_dir, "ckpt-*.index")))
 
 
@@ -290,8 +290,14 @@ def run(cfg):
         checkpoint = checkpointing.make_checkpoint(method)
     manager = tf.train.CheckpointManager(checkpoint, checkpointing.checkpoint_dir(train_dir),
                                          max_to_keep=cfg.run.keep_checkpoints or None)
+    # Every worker restores the chief's newest checkpoint (the other workers'
+    # own saves are scratch copies), so all start from the same state: with
+    # several machines, --train_dir must be a path every worker can read.
+    restore_from = manager if checkpointing.is_chief() else tf.train.CheckpointManager(
+        checkpoint, checkpointing.chief_checkpoint_dir(train_dir), max_to_keep=None)
     try:
-        checkpointing.restore_latest(checkpoint, manager)
+        checkpointing.restore_latest(checkpoint, restore_from,
+                                     set_aside=checkpointing.is_chief())
     except (checkpointing.CheckpointMismatchError,
             checkpointing.NoReadableCheckpointError) as error:
         raise app.UsageError(f"--train_dir={train_dir}: {error}") from error
@@ -310,8 +316,19 @@ def run(cfg):
             cfg.data.source_pattern, cfg.data.target_pattern, config_lib.hw(cfg.data.source_size),
             config_lib.hw(cfg.data.target_size), batch_size, seed=cfg.run.seed + start,
             augment=cfg.data.augment)
-        method.fit(dataset, epochs=1, steps_per_epoch=None, verbose=0,
-                   callbacks=_callbacks(cfg, method, manager, next(iter(dataset))))
+        try:
+            method.fit(dataset, epochs=1, steps_per_epoch=None, verbose=0,
+                       callbacks=_callbacks(cfg, method, manager, next(iter(dataset))))
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+            if cfg.run.strategy != "multi_worker":
+                raise
+            # TensorFlow's health check of the collectives noticed a worker that
+            # stopped answering and aborted the step.
+            raise SystemExit(
+                f"error: training stopped, a worker of the cluster is gone "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:300]}). Relaunch every "
+                f"worker with the same command: the run resumes from the chief's newest "
+                f"checkpoint in {checkpointing.chief_checkpoint_dir(train_dir)}.") from error
     if not checkpointing.is_chief():
         # A worker's checkpoints only take part in the collective save; the
         # chief's copy is the run's.

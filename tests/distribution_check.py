@@ -3,8 +3,8 @@
 Trains each method for two steps on one fixed global batch of 2, once on one
 device and once under MirroredStrategy over 2 logical CPU devices (one image
 per replica), and prints the largest weight differences per method (see `main`).
-With ``--gradients`` it compares the gradients themselves instead, one loss
-term at a time (see `gradient_differences`).
+The loss terms named after ``--gradients`` are also compared by their
+gradients, one at a time (see `gradient_differences`).
 """
 
 import json
@@ -104,19 +104,20 @@ def gradient_differences(terms):
 
 
 def main():
-    """Prints {method: [largest relative difference of the non-discriminator weights,
-    largest discriminator weight difference in units of Adam's learning rate]}.
+    """Prints {"weights": {method: [largest relative difference of the non-discriminator
+    weights, largest discriminator weight difference in units of Adam's learning rate]},
+    "gradients": `gradient_differences`} for `METHOD... --gradients TERM...`.
 
     The discriminators are compared in Adam steps: Adam divides each gradient
     by its own magnitude, so near-zero (round-off level) gradient components
     move by float32 noise amplified to a fraction of a step.
     """
-    if sys.argv[1] == "--gradients":
-        print(json.dumps(gradient_differences(sys.argv[2:])))
-        return
+    args = sys.argv[1:]
+    split = args.index("--gradients") if "--gradients" in args else len(args)
+    methods, terms = args[:split], args[split + 1:]
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
     result = {}
-    for name in sys.argv[1:]:
+    for name in methods:
         (a, a_d), (b, b_d) = train(one, name), train(MIRRORED, name)
         assert len(a) == len(b) and len(a_d) == len(b_d)
         relative = max(float(np.max(np.abs(x - y)) / (np.max(np.abs(x)) + 1e-12))
@@ -124,7 +125,7 @@ def main():
         in_steps = max((float(np.max(np.abs(x - y))) / D_LEARNING_RATE
                         for x, y in zip(a_d, b_d)), default=0.0)
         result[name] = [relative, in_steps]
-    print(json.dumps(result))
+    print(json.dumps({"weights": result, "gradients": gradient_differences(terms)}))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,21 @@
 
 import json
 
+import pytest
+
 import two_cpus
 
 
-def test_mirrored_two_replicas_match_one_device():
-    stdout = two_cpus.run(two_cpus.TESTS_DIR / "distribution_check.py",
-                          "source_only", "minent", "advent", timeout=600)
-    differences = json.loads(stdout.strip().splitlines()[-1])
+@pytest.fixture(scope="module")
+def differences():
+    """Both comparisons, from one process (its start-up and the strategy are the slow part)."""
+    stdout = two_cpus.run(two_cpus.TESTS_DIR / "distribution_check.py", "source_only",
+                          "minent", "advent", "--gradients", "seg", "ent", "adv", timeout=900)
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_two_replicas_match_one_device(differences):
+    differences = differences["weights"]
     assert set(differences) == {"source_only", "minent", "advent"}
     for method, (relative, discriminator_steps) in differences.items():
         # float32 sums in a different order: agreement to round-off, not exact.
@@ -18,16 +26,14 @@ def test_mirrored_two_replicas_match_one_device():
         assert discriminator_steps < 0.05, (method, discriminator_steps)
 
 
-def test_mirrored_two_replicas_give_the_one_device_gradients_per_loss_term():
+def test_mirrored_two_replicas_give_the_one_device_gradients_per_loss_term(differences):
     """Gradients before the optimizer, for F and both discriminators, term by term.
 
     Adam ignores a gradient's scale, so comparing weights after Adam steps cannot
     see a discriminator loss summed instead of averaged over replicas; plain SGD
     at learning rate 1 makes each weight change equal to the gradient.
     """
-    stdout = two_cpus.run(two_cpus.TESTS_DIR / "distribution_check.py", "--gradients",
-                          "seg", "ent", "adv", timeout=600)
-    differences = json.loads(stdout.strip().splitlines()[-1])
+    differences = differences["gradients"]
     assert set(differences) == {"seg", "ent", "adv"}
     assert set(differences["adv"]) == {"segmenter", "discriminator_main", "discriminator_aux"}
     for term, groups in differences.items():

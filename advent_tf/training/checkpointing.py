@@ -51,7 +51,7 @@ def checkpoint_dir(train_dir):
     collective op), but only the chief's copy is kept.
     """
     if is_chief():
-        return os.path.join(train_dir, "checkpoints")
+        return chief_checkpoint_dir(train_dir)
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     return os.path.join(train_dir, f"worker_tmp_{resolver.task_type}_{resolver.task_id}")
 
@@ -136,13 +136,20 @@ def _set_aside(path):
     return folder
 
 
-def restore_latest(checkpoint, manager):
+def chief_checkpoint_dir(train_dir):
+    """The run's checkpoints: the chief's directory, which every worker restores from."""
+    return os.path.join(train_dir, "checkpoints")
+
+
+def restore_latest(checkpoint, manager, set_aside=True):
     """Restores the newest readable checkpoint of `manager`; returns its path or None.
 
     A damaged checkpoint (truncated, checksum mismatch, missing files: a disk
     that filled up, a copy cut short) does not stop a resumed run: its files
-    are moved into ``unreadable/`` with a warning and the next older one is
-    tried, so the run loses the steps since that one and nothing else.
+    are moved into ``unreadable/`` with a warning (only with `set_aside`: the
+    chief; the other workers read the chief's directory and leave it alone)
+    and the next older one is tried, so the run loses the steps since that one
+    and nothing else.
 
     Raises:
       CheckpointMismatchError: The newest readable checkpoint holds other
@@ -161,10 +168,10 @@ def restore_latest(checkpoint, manager):
                 logging.warning("Checkpoint %s is listed but has no files; trying an older one.",
                                 path)
                 continue
-            folder = _set_aside(path)
-            logging.warning("Checkpoint %s cannot be read (%s: %s); its files were moved to %s "
-                            "and an older checkpoint is tried.", path, type(error).__name__,
-                            str(error).splitlines()[0], folder)
+            moved = f"its files were moved to {_set_aside(path)}" if set_aside else "skipped"
+            logging.warning("Checkpoint %s cannot be read (%s: %s); %s and an older checkpoint "
+                            "is tried.", path, type(error).__name__,
+                            str(error).splitlines()[0], moved)
             continue
         except ValueError as error:
             raise CheckpointMismatchError(_mismatch_message(path, error)) from error
