@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from advent_tf.core import constants
+from advent_tf.core import preprocessing
 from advent_tf.data import tfrecord_writer
 from advent_tf.data import transforms
 from advent_tf.data import example as example_lib
@@ -358,11 +359,6 @@ def _smooth_rgb(seed, width, height):
     return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
 
 
-def _unpreprocess(image):
-    """Undoes `preprocess_image` (BGR minus the mean) back to uint8 RGB."""
-    return np.round(image[..., ::-1] + constants.IMG_MEAN_BGR[::-1]).astype(np.uint8)
-
-
 def test_resized_inputs_equal_pil_at_real_sizes(tmp_path):
     """GTA5 1914x1052 -> 1280x720 (train) and Cityscapes 2048x1024 -> 1024x512 (val, full labels).
 
@@ -380,7 +376,7 @@ def test_resized_inputs_equal_pil_at_real_sizes(tmp_path):
     batch = next(iter(pipeline.make_train_dataset(pattern, pattern, (720, 1280), (720, 1280),
                                                   1, seed=0)))
     want = np.asarray(PIL.Image.fromarray(image).resize((1280, 720), PIL.Image.BICUBIC))
-    got = _unpreprocess(batch[constants.SOURCE_IMAGE].numpy()[0])
+    got = preprocessing.unpreprocess_image(batch[constants.SOURCE_IMAGE][0]).numpy()
     assert np.count_nonzero(got != want) == 0
     lut = np.full(256, 255, np.uint8)
     lut[[7, 8, 26]] = [0, 1, 13]
@@ -399,7 +395,8 @@ def test_resized_inputs_equal_pil_at_real_sizes(tmp_path):
     element = next(iter(pipeline.make_eval_dataset(str(tmp_path / "val" / "val-*.tfrecord"),
                                                    (512, 1024))))
     want = np.asarray(PIL.Image.fromarray(big).resize((1024, 512), PIL.Image.BICUBIC))
-    assert np.count_nonzero(_unpreprocess(element["image"].numpy()[0]) != want) == 0
+    got = preprocessing.unpreprocess_image(element["image"][0]).numpy()
+    assert np.count_nonzero(got != want) == 0
     assert element["label"].shape[1:] == (1024, 2048)  # scored at full label resolution
     # TF's own bicubic (what serving uses) is close to PIL, not equal: the reason for the above.
     tf_resized = transforms.resize_image(tf.constant(big), (512, 1024)).numpy()

@@ -14,6 +14,7 @@ import PIL.Image
 import pytest
 
 from advent_tf.core import constants
+from advent_tf.core import preprocessing
 from advent_tf.data import pipeline
 from advent_tf.data import sources
 from advent_tf.data import tfrecord_writer
@@ -52,9 +53,8 @@ def _draws(pattern, count):
     dataset = pipeline.make_train_dataset(pattern, pattern, SIZE, SIZE, batch_size=1, seed=0)
     indices = []
     for batch in dataset.take(count):
-        # Undo the preprocessing (BGR minus the mean) of the first pixel.
-        bgr = batch[constants.SOURCE_IMAGE].numpy()[0, 0, 0] + constants.IMG_MEAN_BGR
-        red, green = np.round(bgr[2]), np.round(bgr[1])
+        red, green, _ = preprocessing.unpreprocess_image(
+            batch[constants.SOURCE_IMAGE][0, 0, 0]).numpy()
         indices.append(int(red) * 256 + int(green))
     return np.array(indices)
 

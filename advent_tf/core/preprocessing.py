@@ -24,6 +24,10 @@ def preprocess_image(image_rgb):
 
 
 def unpreprocess_image(image_bgr):
-    """Inverse of `preprocess_image`, back to uint8 RGB (for TensorBoard views)."""
+    """Inverse of `preprocess_image`, back to uint8 RGB (TensorBoard views, tests).
+
+    Rounded, not truncated: adding the mean back can land a hair below the
+    original integer in float32.
+    """
     image = image_bgr + tf.constant(constants.IMG_MEAN_BGR)
-    return tf.cast(tf.clip_by_value(image[..., ::-1], 0.0, 255.0), tf.uint8)
+    return tf.cast(tf.round(tf.clip_by_value(image[..., ::-1], 0.0, 255.0)), tf.uint8)

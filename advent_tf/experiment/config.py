@@ -254,7 +254,7 @@ def to_flag_lines(config):
     return lines
 
 
-def _parse_flag_value(name, text, hint):
+def _parse_flag_value(text, hint):
     """A flagfile value -> the field's type (`hint`: its annotation)."""
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
     if base is tuple:
@@ -287,7 +287,7 @@ def from_flag_lines(lines, source="run.flags"):
         if name not in hints:
             continue
         try:
-            values[name] = _parse_flag_value(name, text, hints[name])
+            values[name] = _parse_flag_value(text, hints[name])
         except ValueError as e:
             raise ConfigError(f"{source}: cannot read {line!r} ({e})") from e
     return from_values(values)

@@ -100,11 +100,11 @@ def build_method(config, class_prior=None, segmenter=None, discriminators=None):
             # source and a target term that 16-bit arithmetic rounds away
             # (measured on a fresh AdvEnt: bfloat16 gradients orthogonal to
             # float32's, exactly 0 for one D). They cost a few % of a step.
-            discriminators = tuple(
-                models.build_discriminator(config.model.num_classes, name=name, dtype="float32")
-                for name in ("discriminator_main", "discriminator_aux")[:1 + multi_level])
-            if not multi_level:
-                discriminators += (None,)
+            def discriminator(name):
+                return models.build_discriminator(config.model.num_classes, name=name,
+                                                  dtype="float32")
+            discriminators = (discriminator("discriminator_main"),
+                              discriminator("discriminator_aux") if multi_level else None)
         d_main, d_aux = discriminators
         method = methods.AdvEnt(segmenter, d_main, d_aux, **kwargs)
         adam_aux = (_maybe_loss_scale(discriminator_optimizer(config), precision)
