@@ -11,6 +11,7 @@ command resumes from the newest checkpoint in --train_dir.
 import dataclasses
 import os
 import shutil
+import sys
 
 import keras
 import tensorflow as tf
@@ -22,6 +23,7 @@ from advent_tf.experiment import segmenter_weights
 from advent_tf.experiment import config as config_lib
 from advent_tf.inference import evaluation_protocol
 from advent_tf.experiment import factory
+from advent_tf.core import hardware
 from advent_tf.core import metrics
 from advent_tf import models
 from advent_tf.data import demo
@@ -33,6 +35,8 @@ from advent_tf.training import checkpointing
 from advent_tf.experiment import run_dir
 
 _DEFAULT = config_lib.ExperimentConfig()
+# TensorFlow reads it when it starts: "0" replaces oneDNN's CPU kernels by its own.
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
 
 def _size_default(size):
@@ -139,14 +143,19 @@ flags.DEFINE_enum("strategy", _DEFAULT.run.strategy, list(config_lib.STRATEGIES)
 flags.DEFINE_bool("jit_compile", _DEFAULT.run.jit_compile, "XLA-compile the whole train step.")
 flags.DEFINE_enum("mixed_precision", _DEFAULT.run.mixed_precision, list(config_lib.PRECISIONS),
                   "Keras dtype policy.")
+flags.DEFINE_bool("allow_emulated_precision", _DEFAULT.run.allow_emulated_precision,
+                  "Run --mixed_precision even on a device without native arithmetic for its "
+                  "16-bit type (TensorFlow emulates it, several times slower than float32); "
+                  "without it such a run is refused.")
 flags.DEFINE_integer("seed", _DEFAULT.run.seed, "Random seed (weights init and data order).")
 flags.DEFINE_bool("compare_source_only", _DEFAULT.run.compare_source_only,
                   "Also train the source-only baseline with the same data, steps and seed in "
                   "TRAIN_DIR/source_only, and report its target mIoU next to the adapted "
                   "model's, with the gain (the demo does).")
 flags.DEFINE_bool("deterministic", _DEFAULT.run.deterministic,
-                  "Deterministic TF ops (tf.config.experimental.enable_op_determinism); "
-                  "a little slower.")
+                  "Bit-identical reruns on one machine: TF's op determinism, and TF's own "
+                  "kernels instead of oneDNN's (the command restarts itself with "
+                  f"{ONEDNN_VARIABLE}=0 if needed); a little slower.")
 
 flags.mark_flags_as_required(["source_pattern", "target_pattern", "train_dir"])
 
@@ -254,6 +263,7 @@ def run(cfg):
       --eval_pattern).
     """
     train_dir = cfg.run.train_dir
+    _check_precision(cfg.run)
     if cfg.data.demo_data_dir:
         demo.ensure_demo_data(cfg.data.demo_data_dir)
     resuming = _resuming(train_dir)
@@ -340,6 +350,18 @@ def run(cfg):
     return method, summary
 
 
+def _check_precision(run_cfg):
+    """Refuses (or, when allowed, warns about) a 16-bit policy this machine only emulates."""
+    problem = hardware.precision_problem(run_cfg.mixed_precision)
+    if problem is None:
+        return
+    if not run_cfg.allow_emulated_precision:
+        raise app.UsageError(f"--mixed_precision={run_cfg.mixed_precision} refused: {problem}. "
+                             f"Train in float32 here, or add --allow_emulated_precision to run "
+                             f"it anyway.")
+    logging.warning("--allow_emulated_precision: %s.", problem)
+
+
 def source_only_baseline(cfg):
     """The source-only run of `cfg`: same data, network, schedule, steps and seed."""
     defaults = config_lib.MethodConfig()
@@ -399,7 +421,27 @@ def _final_evaluation(method, cfg):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run(config_from_flags())
+    cfg = config_from_flags()
+    if cfg.run.deterministic and os.environ.get(ONEDNN_VARIABLE) != "0":
+        _restart_without_onednn()
+    run(cfg)
+
+
+def _restart_without_onednn():
+    """Restarts this command with TensorFlow's own CPU kernels instead of oneDNN's.
+
+    Op determinism does not cover oneDNN: its kernels split a sum by the
+    threads that are free at the moment, so the same run gives different
+    round-off whenever other work competes for the cores (measured: four
+    concurrent 20-step demo AdvEnt runs gave 3 different results with
+    oneDNN, 1 without), and the adversarial game turns that into different
+    models. The switch is read when TensorFlow starts, hence the restart.
+    """
+    logging.info("--deterministic: restarting with %s=0 (TensorFlow's own CPU kernels).",
+                 ONEDNN_VARIABLE)
+    logging.flush()
+    os.environ[ONEDNN_VARIABLE] = "0"
+    os.execv(sys.executable, [sys.executable, "-m", "advent_tf.train", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from advent_tf.core import hardware
+
 TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
                     "benchmark.py")
 
@@ -16,7 +18,7 @@ def test_benchmark_prints_a_row_per_method_and_writes_json(tmp_path):
     process = subprocess.run(
         [sys.executable, TOOL, "--backbone=resnet_mini", "--source_size=64,32",
          "--target_size=64,32", "--eval_size=64,32", "--iterations=1", "--warmup=1", "--jit=off",
-         "--noisolate", f"--output_json={output}"],
+         "--noisolate", "--ceiling_size=256", f"--output_json={output}"],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     assert process.returncode == 0, process.stderr[-3000:]
@@ -27,7 +29,14 @@ def test_benchmark_prints_a_row_per_method_and_writes_json(tmp_path):
 
     report = json.loads(output.read_text())
     assert report["config"]["backbone"] == "resnet_mini"
-    assert report["reference_seconds"] is None  # Not the reference configuration.
+    # Measured in the run, never remembered: the CPU, its ceiling, the idle runtime.
+    machine = report["machine"]
+    assert machine["cpu"] and "logical cores" in machine["cpu"]
+    assert machine["ceiling_gflop_per_s"] == max(
+        c["gflop_per_s"] for c in machine["ceilings"].values()) > 0
+    assert "ceiling: 256x256 float32 matrix product, ours:" in process.stdout
+    assert 0 < machine["idle_memory_bytes"]["advent_tf"] < min(
+        r["peak_memory_bytes"] for r in report["results"])
     assert [r["name"] for r in report["results"]] == names
     for result in report["results"]:
         assert result["jit"] is False and result["jit_applied"] is False
@@ -47,7 +56,7 @@ def test_benchmark_times_pytorch_side_by_side(tmp_path):
         [sys.executable, TOOL, "--backbone=resnet_mini", "--source_size=64,32",
          "--target_size=64,32", "--eval_size=64,32", "--iterations=1", "--warmup=1", "--jit=off",
          "--methods=advent", "--pytorch", "--rounds=2", "--noisolate",
-         "--mixed_precision=mixed_bfloat16", f"--output_json={output}"],
+         "--mixed_precision=mixed_bfloat16", "--ceiling_size=256", f"--output_json={output}"],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     assert process.returncode == 0, process.stderr[-3000:]
@@ -56,6 +65,16 @@ def test_benchmark_times_pytorch_side_by_side(tmp_path):
     assert [r for r in rows if r and r[0] in ("advent", "inference")] == [
         ["advent", "ours", "off"], ["advent", "pytorch", "-"],
         ["inference", "ours", "off"], ["inference", "pytorch", "-"]], process.stdout
+
+    # The ceiling is the faster framework's product in the policy's compute type.
+    machine = json.loads(output.read_text())["machine"]
+    assert {c["dtype"] for c in machine["ceilings"].values()} == {"bfloat16"}
+    assert set(machine["ceilings"]) == {"advent_tf", "pytorch"}
+    assert set(machine["idle_memory_bytes"]) == {"advent_tf", "pytorch"}
+    # bfloat16 on a CPU without native bfloat16 is flagged before the table.
+    problem = hardware.precision_problem("mixed_bfloat16", gpus=[])
+    assert (f"WARNING: {problem}" in process.stdout) if problem else (
+        "WARNING" not in process.stdout), process.stdout
 
     results = json.loads(output.read_text())["results"]
     for ours, theirs in zip(results[::2], results[1::2]):

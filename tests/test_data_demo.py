@@ -2,6 +2,8 @@
 
 import glob
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -65,3 +67,21 @@ def test_domains_differ_in_appearance_and_layout():
             (lab[:, 1:] == lab[:, :-1]) & (lab[:, 1:] == demo_scenes.ROAD)].mean()
             for img, lab in scenes]))
     assert roughness(target) > 1.3 * roughness(source)
+
+
+def test_concurrent_first_runs_generate_the_data_once(tmp_path):
+    """Two seeds launched together on a fresh directory: both get the data, neither crashes."""
+    output = str(tmp_path / "demo")
+    code = ("import sys; from advent_tf.data import demo; "
+            "print(sorted(demo.ensure_demo_data(sys.argv[1], image_size=(24, 48)).values()))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    processes = [subprocess.Popen([sys.executable, "-c", code, output], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=240) for p in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-2000:]
+    assert outputs[0][0] == outputs[1][0]
+    # The data is whole: one generation's shards, every manifest listing existing files.
+    shards = glob.glob(os.path.join(output, "*", "*.tfrecord"))
+    assert len(shards) == 8 and not glob.glob(os.path.join(output, "*", ".incomplete-*"))

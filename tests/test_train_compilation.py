@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from advent_tf.core import hardware
 import train_helpers
 
 # AdvEnt, multi-level: the method with the most moving parts (two
@@ -72,7 +73,10 @@ def test_jit_compile_compiles_the_train_step_once(patterns, float32_losses, tmp_
 def test_mixed_precision_trains_close_to_float32(policy, tolerance, patterns, float32_losses,
                                                  tmp_path):
     train_dir = str(tmp_path / "run")
-    log = _train(patterns, train_dir, mixed_precision=policy)
+    log = _train(patterns, train_dir, mixed_precision=policy, allow_emulated_precision=True)
+    # Allowed, an emulated policy still says what it costs.
+    problem = hardware.precision_problem(policy)
+    assert (f"--allow_emulated_precision: {policy}" in log) == (problem is not None), log[-2000:]
     got = _first_logged_losses(log)
     for name, want in float32_losses.items():
         assert got[name] == pytest.approx(want, rel=tolerance), (name, got, float32_losses)
@@ -85,3 +89,19 @@ def test_mixed_precision_trains_close_to_float32(policy, tolerance, patterns, fl
         names = tf.train.load_checkpoint(
             os.path.join(train_dir, "checkpoints", "ckpt-3")).get_variable_to_shape_map()
         assert any("dynamic_scale" in name for name in names), sorted(names)[:20]
+
+
+def test_emulated_precision_is_refused_unless_allowed(patterns, tmp_path):
+    """mixed_float16 without native float16 (nearly every CPU) stops before anything is written."""
+    train_dir = str(tmp_path / "run")
+    result = train_helpers.run_train(train_helpers.tiny_flags(
+        patterns, train_dir, **_METHOD, mixed_precision="mixed_float16"))
+    problem = hardware.precision_problem("mixed_float16")
+    if problem is None:  # A CPU with AVX512-FP16 or AMX-FP16: nothing to refuse.
+        assert result.returncode == 0, result.stderr[-3000:]
+        return
+    assert result.returncode != 0
+    assert "--mixed_precision=mixed_float16 refused" in result.stderr, result.stderr[-2000:]
+    assert "avx512_fp16 or amx_fp16" in result.stderr and "--allow_emulated_precision" in (
+        result.stderr)
+    assert not os.path.exists(train_dir)

@@ -132,6 +132,8 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(one_pair, tmp_pat
                  deterministic=True)
     first = train_helpers.run_train(train_helpers.tiny_flags(one_pair, train_dir, **flags))
     assert first.returncode == 0, first.stderr[-3000:]
+    # --deterministic swaps oneDNN's kernels for TensorFlow's own, once.
+    assert first.stderr.count("--deterministic: restarting with TF_ENABLE_ONEDNN_OPTS=0") == 1
     ckpt_dir = os.path.join(train_dir, "checkpoints")
     newest = os.path.join(ckpt_dir, "ckpt-3")
     assert tf.train.latest_checkpoint(ckpt_dir) == newest

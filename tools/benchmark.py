@@ -11,10 +11,17 @@ with and without XLA, plus peak memory and achieved GFLOP/s:
 
 --pytorch also times the official code's iterations and inference in PyTorch
 (tools/pytorch_reference.py: the same network, sizes and random inputs, the
-Keras dtype policy as torch.autocast), each right after ours and alternating
-round by round, so that the ours/PyTorch ratio comes from one run on one
-machine state. The "ref" columns instead compare with the official code as
-measured once on the development machine.
+same optimizer listing and update count, the Keras dtype policy as
+torch.autocast), each right after ours and alternating round by round, so
+that the ours/PyTorch ratio comes from one run on one machine state.
+
+Nothing is remembered from another machine. The run prints the CPU (model,
+cores, the features that decide float32/bfloat16/float16 speed) and measures
+its own ceiling: the best GFLOP/s of a 4096x4096 matrix product in the
+policy's compute type, by TensorFlow and (when installed) PyTorch, the
+faster of the two being the ceiling of the "%ceil" column, with the
+theoretical FMA peak printed beside it. A 16-bit policy that this machine
+only emulates is flagged before the table.
 
 Inputs are random preprocessed images and labels held in memory (the input
 pipeline has its own benchmark, tools/benchmark_input.py). Each measurement
@@ -24,9 +31,13 @@ cannot take the others with it; an error is printed in its row and the
 benchmark goes on.
 
 Peak memory: on CPU the process's peak resident set (`resource.getrusage`),
-which includes the TensorFlow runtime itself and, without --isolate, every
+which includes the framework's runtime itself and, without --isolate, every
 earlier measurement of the process; on GPU the allocator's peak on GPU:0
 (`tf.config.experimental.get_memory_info`), reset before each measurement.
+"net MiB" subtracts the idle runtime of the framework, measured in the same
+run: the peak of a fresh process that imported it (and, for ours, the
+package) and ran one tiny convolution, so that the two frameworks' fixed
+costs (TensorFlow's is the larger) do not decide the comparison.
 
 GFLOP: the Conv2D multiply-adds (x2) of the traced networks at the benchmark
 sizes. A training iteration counts 3x the forward cost of each pass through
@@ -85,6 +96,9 @@ _TIMEOUT = flags.DEFINE_integer("measurement_timeout", 1800,
                                 "Seconds before an isolated measurement is abandoned.",
                                 lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 1234, "Random seed (weights and inputs).")
+_CEILING_SIZE = flags.DEFINE_integer("ceiling_size", 4096,
+                                     "Side of the square matrix product that measures the "
+                                     "ceiling (0: skip the ceiling).", lower_bound=0)
 _PYTORCH = flags.DEFINE_bool(
     "pytorch", False,
     "Also time the official code's iterations and inference in PyTorch "
@@ -96,23 +110,18 @@ _ROUNDS = flags.DEFINE_integer(
     "under --pytorch; the timed calls of all rounds are pooled.", lower_bound=1)
 # Internal: a subprocess started by --isolate runs one measurement and writes it here.
 _MEASURE = flags.DEFINE_string("measure", None,
-                               "Internal: KIND,on|off[,pytorch] to measure alone.")
+                               "Internal: KIND,on|off[,pytorch] to measure alone (KIND: a "
+                               "method, inference, ceiling or idle).")
 _RESULT_FILE = flags.DEFINE_string("result_file", None, "Internal: where --measure writes.")
 
 METHODS = ("source_only", "minent", "advent")
 INFERENCE = "inference"
+CEILING = "ceiling"
+IDLE = "idle"
 OURS = "advent_tf"
 PYTORCH = "pytorch"
-
-# The official PyTorch code (valeoai/ADVENT) on this machine's 2-core CPU,
-# torch 2.13, 2 threads, ResNet-101 multi-level, batch 1, source 640x360 +
-# target 512x256, inference at 1024x512 (seconds per call).
-REFERENCE_SECONDS = {"source_only": 6.89, "minent": 10.37, "advent": 11.14, INFERENCE: 3.93}
-REFERENCE_CONFIG = {"backbone": "resnet101", "num_classes": 19, "batch_size": 1,
-                    "source_size": (360, 640), "target_size": (256, 512),
-                    "eval_size": (512, 1024)}
-# Peak GFLOP/s of the 2 cores of the development machine, by compute dtype.
-CPU_CEILING_GFLOPS = {"float32": 223.0, "mixed_bfloat16": 396.0}
+COMPUTE_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16",
+                 "mixed_float16": "float16"}
 
 
 def _size(values, name):
@@ -136,11 +145,8 @@ def _config():
         "warmup": _WARMUP.value,
         "iterations": _ITERATIONS.value,
         "seed": _SEED.value,
+        "ceiling_size": _CEILING_SIZE.value,
     }
-
-
-def _matches_reference(config):
-    return all(config[k] == v for k, v in REFERENCE_CONFIG.items())
 
 
 # -- Building the real training objects --------------------------------------
@@ -149,9 +155,11 @@ def experiment_config(name, config, jit_compile):
 
     The reference hyper-parameters (the config's defaults: `TorchSGD` with
     momentum 0.9 and coupled weight decay 5e-4 on a poly schedule, ASPP heads
-    at 10x, one update per step; for AdvEnt one Adam per discriminator;
-    dynamic loss scaling under mixed_float16), with the benchmark's network,
-    precision and seed.
+    at 10x; for AdvEnt one Adam per discriminator; dynamic loss scaling under
+    mixed_float16), with the benchmark's network, precision and seed, and
+    the official code's update count: `--backbone_update_repeats=reference`
+    (each backbone tensor updated as often as the reference lists it, as
+    the paper configs and the PyTorch side do).
     """
     from advent_tf.experiment import config as config_lib
 
@@ -160,6 +168,7 @@ def experiment_config(name, config, jit_compile):
     return config_lib.from_values(dict(
         method=name, backbone=config["backbone"], num_classes=config["num_classes"],
         multi_level=True, bn_mode="reference", mixed_precision=config["mixed_precision"],
+        backbone_update_repeats="reference" if config["backbone"].startswith("resnet") else "1",
         seed=config["seed"], jit_compile=jit_compile))
 
 
@@ -252,6 +261,17 @@ def _peak_memory(on_gpu):
         import tensorflow as tf
 
         return int(tf.config.experimental.get_memory_info("GPU:0")["peak"]), "gpu_peak"
+    # Linux: the high-water mark of this process image. ru_maxrss would also
+    # count the parent's resident set at the fork (Linux carries it over
+    # exec), so a small measurement started from the parent (600 MiB with
+    # TensorFlow loaded) read as at least that.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "process_rss_peak"
+    except OSError:
+        pass
     # ru_maxrss is in KiB on Linux, bytes on macOS.
     scale = 1 if platform.system() == "Darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "process_rss_peak"
@@ -391,6 +411,60 @@ def measure_pytorch(kind, config):
             "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
+def measure_ceiling(implementation, config, calls=3):
+    """GFLOP/s of a square matrix product in the policy's compute type, in this process.
+
+    The practical ceiling of the convolutions: the framework's best kernel
+    for the densest operation there is.
+
+    Args:
+      implementation: OURS (TensorFlow's kernel) or PYTORCH (torch.mm).
+      config: `_config()` (ceiling_size, mixed_precision).
+      calls: timed products after one untimed; the fastest counts.
+
+    Returns:
+      dict: gflop_per_s (of the fastest call), seconds_all, dtype, size.
+    """
+    size, dtype = config["ceiling_size"], COMPUTE_DTYPE[config["mixed_precision"]]
+    if implementation == PYTORCH:
+        import torch
+
+        a, b = (torch.rand(size, size).to(getattr(torch, dtype)) for _ in range(2))
+        call = lambda: torch.mm(a, b)  # noqa: E731  (synchronous on CPU)
+    else:
+        import tensorflow as tf
+
+        a, b = (tf.cast(tf.random.uniform([size, size]), dtype) for _ in range(2))
+        # The sum makes the product finish before the host has its one number.
+        product = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+        call = lambda: product().numpy()  # noqa: E731
+    timing = _time_calls(call, 1, calls)
+    return {"gflop_per_s": 2 * size ** 3 / timing["seconds_min"] / 1e9,
+            "seconds_all": timing["seconds_all"], "dtype": dtype, "size": size}
+
+
+def measure_idle(implementation):
+    """Peak RSS of a process that loaded the framework and ran one tiny convolution.
+
+    What the framework costs before any model: subtracted from the
+    measurements' peaks ("net MiB") so that each side is charged for its
+    work, not for its runtime.
+    """
+    if implementation == PYTORCH:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import pytorch_reference  # noqa: F401  (what measure_pytorch loads)
+        import torch
+
+        torch.nn.functional.conv2d(torch.ones(1, 3, 8, 8), torch.ones(4, 3, 3, 3))
+    else:
+        import tensorflow as tf
+
+        from advent_tf import methods  # noqa: F401  (what measure loads)
+        tf.nn.conv2d(tf.ones([1, 8, 8, 3]), tf.ones([3, 3, 3, 4]), 1, "SAME").numpy()
+    peak, memory_kind = _peak_memory(False)
+    return {"peak_memory_bytes": peak, "memory_kind": memory_kind}
+
+
 def _measure_isolated(kind, jit, implementation):
     """Runs `measure` (or `measure_pytorch`) in a fresh subprocess with the same flags.
 
@@ -421,6 +495,10 @@ def _measure_isolated(kind, jit, implementation):
 def _measure_in_process(kind, jit, implementation):
     """`measure` or `measure_pytorch` here; an exception becomes the row's error."""
     try:
+        if kind == CEILING:
+            return measure_ceiling(implementation, _config())
+        if kind == IDLE:
+            return measure_idle(implementation)
         if implementation == PYTORCH:
             return measure_pytorch(kind, _config())
         return measure(kind, jit, _config())
@@ -459,7 +537,7 @@ def _run_child(spec):
 # -- Report ------------------------------------------------------------------
 _HEADER = (f"{'measurement':<12} {'impl':<7} {'XLA':<4} {'s/call':>8} {'min':>8} "
            f"{'1st call':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'%ceil':>6} {'peak MiB':>9} "
-           f"{'ref s':>6} {'/ref':>6} {'/torch':>7}")
+           f"{'net MiB':>8} {'/torch':>7}")
 _SHORT_NAME = {OURS: "ours", PYTORCH: "pytorch"}
 
 
@@ -475,23 +553,23 @@ def format_row(row):
 
     note = ("" if row["implementation"] == PYTORCH or row["jit_applied"] == row["jit"]
             else f"  (Keras applied jit_compile={row['jit_applied']})")
+    net = row.get("net_memory_bytes")
     return (f"{head} {row['seconds']:>8.3f} {row['seconds_min']:>8.3f} "
             f"{row['first_call_seconds']:>9.2f} {optional(row.get('gflop'), '.1f', 8)} "
             f"{optional(row.get('gflop_per_s'), '.1f', 8)} "
             f"{optional(row.get('percent_of_ceiling'), '.1f', 6)} "
             f"{row['peak_memory_bytes'] / 2**20:>9.0f} "
-            f"{optional(row.get('reference_seconds'), '.2f', 6)} "
-            f"{optional(row.get('ratio_to_reference'), '.2f', 6)} "
+            f"{optional(None if net is None else net / 2**20, '.0f', 8)} "
             f"{optional(row.get('ratio_to_pytorch'), '.2f', 7)}{note}")
 
 
-def _annotate(row, config, on_gpu, gflop=None, pytorch_row=None):
-    """Adds GFLOP/s, % of the CPU ceiling, and the ratios to the reference and to PyTorch.
+def _annotate(row, ceiling, idle, gflop=None, pytorch_row=None):
+    """Adds GFLOP/s, % of the measured ceiling, net memory and the ratio to PyTorch.
 
     Args:
       row: a result row.
-      config: `_config()`.
-      on_gpu: whether TensorFlow sees a GPU (no CPU ceiling then).
+      ceiling: the ceiling's GFLOP/s measured in this run, or None.
+      idle: {implementation: idle peak bytes} measured in this run.
       gflop: for a PyTorch row, the GFLOP of our row of the same measurement.
       pytorch_row: for our row, the PyTorch row of the same measurement, if any.
     """
@@ -501,12 +579,10 @@ def _annotate(row, config, on_gpu, gflop=None, pytorch_row=None):
         row["gflop"] = gflop
     if "gflop" in row:
         row["gflop_per_s"] = row["gflop"] / row["seconds"]
-        ceiling = None if on_gpu else CPU_CEILING_GFLOPS.get(config["mixed_precision"])
         if ceiling:
             row["percent_of_ceiling"] = 100.0 * row["gflop_per_s"] / ceiling
-    if _matches_reference(config):
-        row["reference_seconds"] = REFERENCE_SECONDS[row["name"]]
-        row["ratio_to_reference"] = row["seconds"] / row["reference_seconds"]
+    if idle.get(row["implementation"]) and row["memory_kind"] == "process_rss_peak":
+        row["net_memory_bytes"] = row["peak_memory_bytes"] - idle[row["implementation"]]
     if pytorch_row is not None and "error" not in pytorch_row:
         row["ratio_to_pytorch"] = row["seconds"] / pytorch_row["seconds"]
     return row
@@ -515,6 +591,53 @@ def _annotate(row, config, on_gpu, gflop=None, pytorch_row=None):
 def _write_json(path, report):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
+
+
+def _machine(config, gpus, measure_one):
+    """The machine part of the report: CPU, theoretical peak, measured ceilings, idle runtimes.
+
+    Prints each figure as it comes. On a GPU the CPU ceiling means nothing
+    and is skipped.
+    """
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from advent_tf.core import hardware
+
+    info = hardware.cpu_info()
+    peak, how = hardware.cpu_peak_gflops(info)
+    machine = {"cpu": hardware.describe_cpu(info), "cpu_peak_gflop_per_s": peak,
+               "cpu_peak_how": how, "ceilings": {}, "ceiling_gflop_per_s": None,
+               "idle_memory_bytes": {},
+               "precision_problem": hardware.precision_problem(config["mixed_precision"])}
+    print(f"CPU: {machine['cpu']}", flush=True)
+    if machine["precision_problem"]:
+        print(f"WARNING: {machine['precision_problem']}", flush=True)
+    implementations = [OURS] + ([PYTORCH] if _PYTORCH.value or _torch_available() else [])
+    if config["ceiling_size"] and not gpus:
+        for implementation in implementations:
+            result = measure_one(CEILING, False, implementation)
+            machine["ceilings"][implementation] = result
+            if "error" not in result:
+                print(f"ceiling: {config['ceiling_size']}x{config['ceiling_size']} "
+                      f"{result['dtype']} matrix product, {_SHORT_NAME[implementation]}: "
+                      f"{result['gflop_per_s']:.1f} GFLOP/s", flush=True)
+        good = [r["gflop_per_s"] for r in machine["ceilings"].values() if "error" not in r]
+        machine["ceiling_gflop_per_s"] = max(good) if good else None
+        print("theoretical float32 peak: "
+              + (f"{peak:.1f} GFLOP/s ({how})" if peak else f"unknown ({how})"), flush=True)
+    if not gpus:
+        for implementation in [OURS] + ([PYTORCH] if _PYTORCH.value else []):
+            result = measure_one(IDLE, False, implementation)
+            if "error" not in result:
+                machine["idle_memory_bytes"][implementation] = result["peak_memory_bytes"]
+                print(f"idle runtime, {_SHORT_NAME[implementation]}: "
+                      f"{result['peak_memory_bytes'] / 2**20:.0f} MiB", flush=True)
+    return machine
+
+
+def _torch_available():
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def run_benchmark():
@@ -533,34 +656,11 @@ def run_benchmark():
     jits = {"both": (False, True), "on": (True,), "off": (False,)}[_JIT.value]
     kinds = list(_METHODS.value) + ([INFERENCE] if _INFERENCE.value else [])
     gpus = tf.config.list_physical_devices("GPU")
-    device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-              if gpus else f"CPU ({os.cpu_count()} cores)")
-    report = {"config": {**config, "jit": _JIT.value, "isolate": _ISOLATE.value,
-                         "pytorch": _PYTORCH.value, "rounds": _ROUNDS.value,
-                         "device": device, "tensorflow": tf.__version__,
-                         "keras": keras.__version__},
-              "reference_seconds": REFERENCE_SECONDS if _matches_reference(config) else None,
-              "cpu_ceiling_gflop_per_s": None if gpus else CPU_CEILING_GFLOPS,
-              "results": []}
-    height, width = config["source_size"]
-    t_height, t_width = config["target_size"]
-    e_height, e_width = config["eval_size"]
-    print(f"{config['backbone']} multi-level, batch {config['batch_size']}, "
-          f"source {width}x{height} + target {t_width}x{t_height}, inference "
-          f"{e_width}x{e_height}, {config['mixed_precision']}, {device}, "
-          f"TF {tf.__version__} / Keras {keras.__version__}, warmup {config['warmup']}, "
-          f"{config['iterations']} timed calls", flush=True)
-    print(_HEADER, flush=True)
     if _PYTORCH.value and gpus:
         raise app.UsageError("--pytorch compares on the CPU only; hide the GPUs "
                              "(CUDA_VISIBLE_DEVICES=) to run it")
-    pytorch_rows = {}
-
-    def emit(row):
-        report["results"].append(row)
-        print(format_row(row), flush=True)
-        if _OUTPUT_JSON.value:
-            _write_json(_OUTPUT_JSON.value, report)
+    device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+              if gpus else f"CPU ({os.cpu_count()} cores)")
 
     def measure_one(kind, jit, implementation):
         if _ISOLATE.value:
@@ -569,6 +669,30 @@ def run_benchmark():
         keras.backend.clear_session()
         gc.collect()
         return result
+
+    height, width = config["source_size"]
+    t_height, t_width = config["target_size"]
+    e_height, e_width = config["eval_size"]
+    print(f"{config['backbone']} multi-level, batch {config['batch_size']}, "
+          f"source {width}x{height} + target {t_width}x{t_height}, inference "
+          f"{e_width}x{e_height}, {config['mixed_precision']}, {device}, "
+          f"TF {tf.__version__} / Keras {keras.__version__}, warmup {config['warmup']}, "
+          f"{config['iterations']} timed calls", flush=True)
+    machine = _machine(config, gpus, measure_one)
+    report = {"config": {**config, "jit": _JIT.value, "isolate": _ISOLATE.value,
+                         "pytorch": _PYTORCH.value, "rounds": _ROUNDS.value,
+                         "device": device, "tensorflow": tf.__version__,
+                         "keras": keras.__version__},
+              "machine": machine, "results": []}
+    print(_HEADER, flush=True)
+    pytorch_rows = {}
+    annotate = dict(ceiling=machine["ceiling_gflop_per_s"], idle=machine["idle_memory_bytes"])
+
+    def emit(row):
+        report["results"].append(row)
+        print(format_row(row), flush=True)
+        if _OUTPUT_JSON.value:
+            _write_json(_OUTPUT_JSON.value, report)
 
     for jit in jits:
         for kind in kinds:
@@ -584,21 +708,22 @@ def run_benchmark():
             if with_pytorch:
                 pytorch_rows[kind] = _annotate(
                     {"name": kind, "implementation": PYTORCH, "jit": False,
-                     **_pool_rounds(theirs)}, config, bool(gpus), gflop=row.get("gflop"))
-            emit(_annotate(row, config, bool(gpus), pytorch_row=pytorch_rows.get(kind)))
+                     **_pool_rounds(theirs)}, gflop=row.get("gflop"), **annotate)
+            emit(_annotate(row, pytorch_row=pytorch_rows.get(kind), **annotate))
             if with_pytorch:
                 emit(pytorch_rows[kind])
-    memory = ("peak memory: GPU:0 allocator peak per measurement" if gpus else
-              "peak memory: process RSS peak (TF runtime included"
-              + (", per measurement subprocess)" if _ISOLATE.value
-                 else ", cumulative over the process)"))
+    memory = ("peak MiB: GPU:0 allocator peak per measurement" if gpus else
+              "peak MiB: process RSS peak (runtime included"
+              + (", per measurement subprocess); net MiB: minus the framework's idle runtime"
+                 if _ISOLATE.value else ", cumulative over the process)"))
+    ceiling = machine["ceiling_gflop_per_s"]
     print(f"s/call: mean of the timed calls; 1st call: tracing and compilation included; "
           f"{memory}; %ceil: of "
-          + ("the accelerator's peak: not tabulated" if gpus else
-             "the 2-core CPU's 223 (float32) / 396 (bfloat16) GFLOP/s")
-          + "; ref: the official PyTorch code as measured once on the development machine "
-          "(float32, torch 2.13 CPU, 2 threads); /torch: ours over the PyTorch row of this "
-          "run.", flush=True)
+          + (f"the fastest {config['ceiling_size']} matrix product measured above "
+             f"({ceiling:.1f} GFLOP/s)" if ceiling else "no ceiling (GPU, or not measured)")
+          + "; /torch: ours over the PyTorch row of this run.", flush=True)
+    if _OUTPUT_JSON.value:
+        _write_json(_OUTPUT_JSON.value, report)
     return report
 
 

@@ -13,6 +13,7 @@ real data path. Layout of `output_dir`:
 Labels are Cityscapes train ids (19 classes, of which 9 occur).
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -105,16 +106,32 @@ def make_demo_data(output_dir, seed=0, image_size=DEFAULT_IMAGE_SIZE, splits=DEF
 def ensure_demo_data(output_dir, seed=0, image_size=DEFAULT_IMAGE_SIZE):
     """Makes the demo data unless `output_dir` already holds it for these parameters.
 
-    Cheap: a few seconds the first time, a file read afterwards.
+    Cheap: a few seconds the first time, a file read afterwards. Runs started together (several seeds at once) generate it once: the
+    others wait on a lock file in `output_dir`, then find it complete.
 
     Returns:
       `demo_patterns(output_dir)`.
     """
     info_path = os.path.join(output_dir, _INFO)
     patterns = demo_patterns(output_dir)
-    if os.path.exists(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            complete = json.load(f) == _info(seed, image_size, DEFAULT_SPLITS, _NUM_SHARDS)
-        if complete and all(glob.glob(p) for p in patterns.values()):
-            return patterns
-    return make_demo_data(output_dir, seed, image_size)
+    os.makedirs(output_dir, exist_ok=True)
+    with _exclusive(os.path.join(output_dir, ".lock")):
+        if os.path.exists(info_path):
+            with open(info_path, encoding="utf-8") as f:
+                complete = json.load(f) == _info(seed, image_size, DEFAULT_SPLITS, _NUM_SHARDS)
+            if complete and all(glob.glob(p) for p in patterns.values()):
+                return patterns
+        return make_demo_data(output_dir, seed, image_size)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path):
+    """Holds an exclusive lock on `lock_path` (POSIX; no lock where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Not POSIX: concurrent first runs are the user's to avoid.
+        yield
+        return
+    with open(lock_path, "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+        yield

@@ -1,0 +1,74 @@
+"""CPU/GPU capability detection and the mixed-precision verdict, on given machines."""
+
+import pytest
+
+from advent_tf.core import hardware
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+model name\t: {model}
+cpu MHz\t\t: 2450.000
+flags\t\t: fpu sse2 avx {flags}
+
+processor\t: 1
+model name\t: {model}
+cpu MHz\t\t: 1800.000
+flags\t\t: fpu sse2 avx {flags}
+"""
+
+
+def _info(tmp_path, model, flags):
+    path = tmp_path / "cpuinfo"
+    path.write_text(_CPUINFO.format(vendor="x", model=model, flags=flags))
+    return hardware.cpu_info(str(path))
+
+
+def test_cpu_info_reads_model_flags_and_first_clock(tmp_path):
+    info = _info(tmp_path, "AMD EPYC 7B13", "avx2 fma")
+    assert info["model"] == "AMD EPYC 7B13"
+    assert {"avx2", "fma", "avx"} <= info["flags"] and "avx512f" not in info["flags"]
+    assert info["mhz"] == 2450.0 and info["known"]
+    line = hardware.describe_cpu(info)
+    assert "AMD EPYC 7B13" in line and "has avx2/fma;" in line and "lacks avx512f/" in line
+
+
+def test_peak_uses_the_widest_fma_unit(tmp_path):
+    avx2 = _info(tmp_path, "A", "avx2 fma")
+    assert hardware.cpu_peak_gflops(avx2, cores=2)[0] == pytest.approx(2 * 2.45 * 32)
+    avx512 = _info(tmp_path, "B", "avx2 fma avx512f")
+    assert hardware.cpu_peak_gflops(avx512, cores=2)[0] == pytest.approx(2 * 2.45 * 64)
+    unknown = hardware.cpu_info(str(tmp_path / "absent"))
+    assert not unknown["known"] and hardware.cpu_peak_gflops(unknown)[0] is None
+
+
+@pytest.mark.parametrize("flags, policy, native", [
+    ("avx2 fma", "mixed_bfloat16", False),
+    ("avx2 fma avx512f", "mixed_bfloat16", False),
+    ("avx2 fma avx512f avx512_bf16", "mixed_bfloat16", True),
+    ("avx2 fma amx_tile amx_bf16", "mixed_bfloat16", True),
+    ("avx2 fma avx512f avx512_bf16", "mixed_float16", False),
+    ("avx2 fma avx512f avx512_fp16", "mixed_float16", True),
+    ("avx2 fma", "float32", True),
+])
+def test_cpu_precision_verdict(flags, policy, native, tmp_path):
+    problem = hardware.precision_problem(policy, gpus=[], info=_info(tmp_path, "CPU X", flags))
+    assert (problem is None) == native, problem
+    if problem:
+        assert problem.startswith(policy) and "CPU X" in problem and "emulates" in problem
+
+
+@pytest.mark.parametrize("gpus, policy, slow", [
+    ([("Tesla T4", (7, 5))], "mixed_float16", None),
+    ([("Tesla T4", (7, 5))], "mixed_bfloat16", "Tesla T4 (compute capability 7.5)"),
+    ([("A100", (8, 0))], "mixed_bfloat16", None),
+    ([("GTX 1080 Ti", (6, 1))], "mixed_float16", "GTX 1080 Ti (compute capability 6.1)"),
+    ([("A100", (8, 0)), ("P100", (6, 0))], "mixed_float16", "P100 (compute capability 6.0)"),
+])
+def test_gpus_decide_when_present(gpus, policy, slow, tmp_path):
+    # The CPU would allow bfloat16: the GPUs that run the model decide.
+    cpu = _info(tmp_path, "CPU X", "avx512_bf16 avx512_fp16")
+    problem = hardware.precision_problem(policy, gpus=gpus, info=cpu)
+    if slow is None:
+        assert problem is None
+    else:
+        assert slow in problem and "A100" not in problem
