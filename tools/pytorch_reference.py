@@ -47,7 +47,8 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * EXPANSION, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * EXPANSION)
-        self.relu = nn.ReLU()
+        # In place, as the official network: no extra activation per ReLU.
+        self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         for bn in (self.bn1, self.bn2, self.bn3):
             bn.requires_grad_(False)
@@ -57,7 +58,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         residual = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + residual)
+        out += residual
+        return self.relu(out)
 
 
 class ClassifierModule(nn.Module):
@@ -74,7 +76,7 @@ class ClassifierModule(nn.Module):
     def forward(self, x):
         out = self.conv2d_list[0](x)
         for conv in self.conv2d_list[1:]:
-            out = out + conv(x)
+            out += conv(x)
         return out
 
 
@@ -101,7 +103,7 @@ class ResNetMulti(nn.Module):
         self.conv1 = nn.Conv2d(3, base_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(base_width)
         self.bn1.requires_grad_(False)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
         self.layer1 = self._make_layer(base_width, blocks[0])
         self.layer2 = self._make_layer(2 * base_width, blocks[1], stride=2)
@@ -161,7 +163,8 @@ class ResNetMulti(nn.Module):
                         yield param
 
     def _head_parameters(self):
-        heads = [self.layer6] + ([self.layer5] if self.multi_level else [])
+        # ``get_10x_lr_params``: layer5 (aux) first.
+        heads = ([self.layer5] if self.multi_level else []) + [self.layer6]
         for head in heads:
             yield from head.parameters()
 
@@ -248,8 +251,19 @@ def randomize_(model, seed):
 
 # -- advent/utils/func.py ----------------------------------------------------
 def loss_calc(pred, label):
-    """Cross-entropy over the pixels whose label is not 255."""
-    return nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)(pred, label.long())
+    """``cross_entropy_2d``: the mean cross-entropy over the pixels labelled 0..254.
+
+    As the official code computes it: the valid pixels' logits gathered into
+    an [N, C] matrix (a copy of the whole prediction on the way), then
+    ``F.cross_entropy``.
+    """
+    label = label.long()
+    n, c, h, w = pred.size()
+    mask = (label >= 0) * (label != IGNORE_LABEL)
+    target = label[mask]
+    pred = pred.transpose(1, 2).transpose(2, 3).contiguous()
+    pred = pred[mask.view(n, h, w, 1).repeat(1, 1, 1, c)].view(-1, c)
+    return F.cross_entropy(pred, target, reduction="mean")
 
 
 def bce_loss(y_pred, y_label):
