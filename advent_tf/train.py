@@ -24,6 +24,7 @@ from advent_tf.experiment import config as config_lib
 from advent_tf.inference import evaluation_protocol
 from advent_tf.experiment import factory
 from advent_tf.core import hardware
+from advent_tf.core import host_memory
 from advent_tf.core import metrics
 from advent_tf import models
 from advent_tf.data import demo
@@ -424,6 +425,7 @@ def main(argv):
     cfg = config_from_flags()
     if cfg.run.deterministic and os.environ.get(ONEDNN_VARIABLE) != "0":
         _restart_without_onednn()
+    host_memory.return_freed_memory()
     run(cfg)
 
 

@@ -320,8 +320,11 @@ def measure(kind, jit, config):
     import keras
     import tensorflow as tf
 
+    from advent_tf.core import host_memory
     from advent_tf.inference import evaluation_protocol
 
+    # As the commands do: freed tensor memory goes back to the system.
+    host_memory.return_freed_memory()
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     if on_gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")

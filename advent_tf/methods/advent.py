@@ -73,7 +73,7 @@ class AdvEnt(base.DomainAdaptationModel):
                 loss += weight * adv
             return loss, target_maps
 
-        target_grads, target_maps = self.target_step(generator_loss)
+        target_grads, target_maps = self.target_step(generator_loss, after=grads)
         grads = base.add_gradients(grads, target_grads)
         self.apply_segmenter_gradients(grads)
 

@@ -187,20 +187,29 @@ class DomainAdaptationModel(keras.Model):
             self.log(loss_seg_aux=loss_aux)
         return grads, (aux, main)
 
-    def target_step(self, loss_fn):
-        """Runs `loss_fn` under a tape and returns the gradients w.r.t. F.
+    def target_step(self, loss_fn, after):
+        """Runs `loss_fn` under a tape, once `after` exists; returns the gradients w.r.t. F.
 
         `loss_fn()` returns (the unscaled, per-replica target loss, extras):
         the loss is divided by the number of replicas because it is a
         fixed-size mean; `extras` (tensors the method needs after the
         backward pass, e.g. AdvEnt's target maps) is passed through.
 
+        Args:
+          loss_fn: the target loss, as above.
+          after: the source gradients. The target pass starts only once
+            they are computed, as in the reference, where the source
+            backward has freed the source activations before the target
+            forward: the graph executor would otherwise interleave the two
+            passes and hold both passes' activations at once.
+
         Returns:
           (gradients w.r.t. the segmenter's trainable variables, extras).
         """
-        with tf.GradientTape() as tape:
-            loss, extras = loss_fn()
-            scaled = self.optimizer.scale_loss(loss / num_replicas())
+        with tf.control_dependencies([g for g in after if g is not None]):
+            with tf.GradientTape() as tape:
+                loss, extras = loss_fn()
+                scaled = self.optimizer.scale_loss(loss / num_replicas())
         return tape.gradient(scaled, self.segmenter.trainable_variables), extras
 
     def target_probabilities(self, images):

