@@ -28,7 +28,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from advent_tf.core import host_memory
 from advent_tf.inference import segment
 from advent_tf.experiment import model_flags
 from advent_tf.inference import image_files
@@ -104,7 +103,6 @@ def main(argv):
     if bool(_SAVED_MODEL.value) == bool(model_flags.CHECKPOINTS.value
                                         or model_flags.TRAIN_DIR.value):
         raise app.UsageError("give exactly one of --train_dir/--checkpoints and --saved_model")
-    host_memory.return_freed_memory()
     images = image_files.list_images(_INPUTS.value)
     if not images:
         raise app.UsageError(f"no image found in {_INPUTS.value}")

@@ -148,6 +148,11 @@ flags.DEFINE_bool("allow_emulated_precision", _DEFAULT.run.allow_emulated_precis
                   "Run --mixed_precision even on a device without native arithmetic for its "
                   "16-bit type (TensorFlow emulates it, several times slower than float32); "
                   "without it such a run is refused.")
+flags.DEFINE_bool("compact_host_memory", _DEFAULT.run.compact_host_memory,
+                  "CPU training: give freed tensor memory back to the system at once (glibc: "
+                  "128 KiB mmap threshold, one arena). Lowers the peak resident set (ResNet-101 "
+                  "MinEnt 4922 -> 4379 MiB) but costs time in page faults (about 30% per step "
+                  "there, more on small networks); no effect on GPU memory.")
 flags.DEFINE_integer("seed", _DEFAULT.run.seed, "Random seed (weights init and data order).")
 flags.DEFINE_bool("compare_source_only", _DEFAULT.run.compare_source_only,
                   "Also train the source-only baseline with the same data, steps and seed in "
@@ -425,7 +430,8 @@ def main(argv):
     cfg = config_from_flags()
     if cfg.run.deterministic and os.environ.get(ONEDNN_VARIABLE) != "0":
         _restart_without_onednn()
-    host_memory.return_freed_memory()
+    if cfg.run.compact_host_memory:
+        host_memory.return_freed_memory()
     run(cfg)
 
 

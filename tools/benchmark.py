@@ -96,6 +96,9 @@ _TIMEOUT = flags.DEFINE_integer("measurement_timeout", 1800,
                                 "Seconds before an isolated measurement is abandoned.",
                                 lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 1234, "Random seed (weights and inputs).")
+_COMPACT = flags.DEFINE_bool("compact_host_memory", False,
+                              "Ours as train --compact_host_memory runs (glibc returns freed "
+                              "tensor memory at once).")
 _CEILING_SIZE = flags.DEFINE_integer("ceiling_size", 4096,
                                      "Side of the square matrix product that measures the "
                                      "ceiling (0: skip the ceiling).", lower_bound=0)
@@ -146,6 +149,7 @@ def _config():
         "iterations": _ITERATIONS.value,
         "seed": _SEED.value,
         "ceiling_size": _CEILING_SIZE.value,
+        "compact_host_memory": _COMPACT.value,
     }
 
 
@@ -323,8 +327,8 @@ def measure(kind, jit, config):
     from advent_tf.core import host_memory
     from advent_tf.inference import evaluation_protocol
 
-    # As the commands do: freed tensor memory goes back to the system.
-    host_memory.return_freed_memory()
+    if config["compact_host_memory"]:  # As train --compact_host_memory does.
+        host_memory.return_freed_memory()
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     if on_gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")

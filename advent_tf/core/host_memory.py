@@ -9,7 +9,10 @@ order in each pass, so the resident set ends far above what is live.
 Measured on a 2-core AMD EPYC (AVX2/FMA, 2026-11-29), ResNet-101 multi-level
 MinEnt at 640x360 + 512x256, batch 1, peak resident set of a step: 4922 MiB
 with glibc's defaults, 4726 with a fixed 128 KiB mmap threshold, 4379 with
-that and one arena (the official PyTorch code: 3199).
+that and one arena (the official PyTorch code: 3199); but the step took about
+30% longer (page faults: every activation is fresh memory), and the demo's
+small network ran at two thirds of its speed, so it is opt-in
+(`train --compact_host_memory`), for CPU runs short of memory.
 """
 
 import ctypes
