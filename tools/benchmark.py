@@ -97,8 +97,8 @@ _TIMEOUT = flags.DEFINE_integer("measurement_timeout", 1800,
                                 lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 1234, "Random seed (weights and inputs).")
 _COMPACT = flags.DEFINE_bool("compact_host_memory", False,
-                              "Ours as train --compact_host_memory runs (glibc returns freed "
-                              "tensor memory at once).")
+                             "Ours as train --compact_host_memory runs (glibc returns freed "
+                             "tensor memory at once).")
 _CEILING_SIZE = flags.DEFINE_integer("ceiling_size", 4096,
                                      "Side of the square matrix product that measures the "
                                      "ceiling (0: skip the ceiling).", lower_bound=0)
@@ -165,14 +165,13 @@ def experiment_config(name, config, jit_compile):
     (each backbone tensor updated as often as the reference lists it, as
     the paper configs and the PyTorch side do).
     """
-    from advent_tf.experiment import config as config_lib
-
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
     return config_lib.from_values(dict(
         method=name, backbone=config["backbone"], num_classes=config["num_classes"],
         multi_level=True, bn_mode="reference", mixed_precision=config["mixed_precision"],
-        backbone_update_repeats="reference" if config["backbone"].startswith("resnet") else "1",
+        backbone_update_repeats=("reference" if config_lib.has_reference_listing(config["backbone"])
+                                 else "1"),
         seed=config["seed"], jit_compile=jit_compile))
 
 
@@ -614,7 +613,8 @@ def _machine(config, gpus, measure_one):
     machine = {"cpu": hardware.describe_cpu(info), "cpu_peak_gflop_per_s": peak,
                "cpu_peak_how": how, "ceilings": {}, "ceiling_gflop_per_s": None,
                "idle_memory_bytes": {},
-               "precision_problem": hardware.precision_problem(config["mixed_precision"])}
+               "precision_problem": hardware.precision_problem(config["mixed_precision"],
+                                                               info=info)}
     print(f"CPU: {machine['cpu']}", flush=True)
     if machine["precision_problem"]:
         print(f"WARNING: {machine['precision_problem']}", flush=True)

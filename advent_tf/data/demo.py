@@ -106,8 +106,9 @@ def make_demo_data(output_dir, seed=0, image_size=DEFAULT_IMAGE_SIZE, splits=DEF
 def ensure_demo_data(output_dir, seed=0, image_size=DEFAULT_IMAGE_SIZE):
     """Makes the demo data unless `output_dir` already holds it for these parameters.
 
-    Cheap: a few seconds the first time, a file read afterwards. Runs started together (several seeds at once) generate it once: the
-    others wait on a lock file in `output_dir`, then find it complete.
+    Cheap: a few seconds the first time, a file read afterwards. Runs started
+    together (several seeds at once) generate it once: the others wait on a
+    lock file in `output_dir`, then find it complete.
 
     Returns:
       `demo_patterns(output_dir)`.

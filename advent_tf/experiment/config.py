@@ -321,6 +321,14 @@ def _differs(value, default):
     return value != default
 
 
+def has_reference_listing(backbone):
+    """Whether the reference code lists `backbone`'s parameters (its ResNets only).
+
+    `--backbone_update_repeats=reference` needs that listing.
+    """
+    return backbone.startswith("resnet")
+
+
 def validate(config):
     """Refuses options that cannot apply to the configured run, before anything is built.
 
@@ -398,7 +406,7 @@ def validate(config):
             str(repeats).isdigit() and int(repeats) >= 1):
         problems.append(f"--backbone_update_repeats={repeats}: 'reference', 'deduplicated' "
                         "or a positive integer")
-    if repeats == "reference" and not model.backbone.startswith("resnet"):
+    if repeats == "reference" and not has_reference_listing(model.backbone):
         problems.append("--backbone_update_repeats=reference: the reference code has no "
                         f"{model.backbone} (its parameter listing is the ResNet's)")
     if problems:
