@@ -1,0 +1,48 @@
+"""Run by test_train_multi_worker.py as each worker of a real cluster (TF_CONFIG set).
+
+Builds the training input exactly as `advent_tf.train` does
+(`pipeline.make_train_dataset` with the global batch and the run's seed,
+`train.make_strategy("multi_worker")`) and distributes it as Keras' `fit`
+does (`strategy.experimental_distribute_dataset`, keras/src/backend/
+tensorflow/trainer.py). Prints one JSON line: per step, the frame indices of
+the source and target examples this worker received. The frames hold their
+index in their red and green channels (see the test's fixture).
+
+    python worker_data_check.py PATTERN HEIGHT WIDTH GLOBAL_BATCH STEPS SEED
+"""
+
+import json
+import sys
+
+import tensorflow as tf
+
+from advent_tf import train
+from advent_tf.core import constants
+from advent_tf.core import preprocessing
+from advent_tf.data import pipeline
+
+
+def frame_indices(images):
+    """Frame index of each image of a preprocessed batch [B, H, W, 3]."""
+    pixels = preprocessing.unpreprocess_image(images[:, 0, 0]).numpy().astype(int)
+    return [int(red) * 256 + int(green) for red, green, _ in pixels]
+
+
+def main(pattern, height, width, global_batch, steps, seed):
+    strategy = train.make_strategy("multi_worker")
+    size = (int(height), int(width))
+    dataset = pipeline.make_train_dataset(pattern, pattern, size, size, int(global_batch),
+                                          seed=int(seed))
+    received = []
+    for step, batch in enumerate(strategy.experimental_distribute_dataset(dataset)):
+        if step == int(steps):
+            break
+        received.append({key: [i for part in strategy.experimental_local_results(batch[key])
+                               for i in frame_indices(part)]
+                         for key in (constants.SOURCE_IMAGE, constants.TARGET_IMAGE)})
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync,
+                      "steps": received}), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
