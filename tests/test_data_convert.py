@@ -197,9 +197,10 @@ def test_folder_with_label_map(tmp_path):
     assert manifest["class_names"] == ["ground", "thing"]
 
 
-def _no_output(directory):
+def _nothing_published(directory):
+    """No shard and no manifest (the temporary folder may keep finished shards for a rerun)."""
     return not directory.exists() or not [
-        p for p in directory.rglob("*") if p.is_file()]
+        p for p in directory.rglob("*") if p.is_file() and ".incomplete-" not in str(p)]
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -209,7 +210,8 @@ def _no_output(directory):
     ("missing_label", "labels/00001.png: cannot read file"),
     ("colour_label", "labels/00001.png: expected a single-channel"),
 ])
-def test_bad_samples_fail_cleanly_unless_skipped(tmp_path, capsys, damage, message):
+def test_bad_samples_fail_cleanly_unless_skipped(tmp_path, capsys, monkeypatch, damage,
+                                                 message):
     root = make_gta5(tmp_path / "GTA5")
     image, label = root / "images" / "00001.png", root / "labels" / "00001.png"
     if damage == "truncated":
@@ -225,11 +227,14 @@ def test_bad_samples_fail_cleanly_unless_skipped(tmp_path, capsys, damage, messa
     out = tmp_path / "out"
     code, err = run_tool(capsys, dataset="gta5", root=root, output_dir=out, num_shards=2)
     assert code == 1 and message in err and "1 sample(s)" in err
-    assert _no_output(out)  # No shard, no temporary file, no manifest.
+    assert _nothing_published(out)
 
+    written = _counting_shard_writes(monkeypatch)
     code, err = run_tool(capsys, dataset="gta5", root=root, output_dir=out, num_shards=2,
                          skip_bad=True)
     assert code == 0 and message in err
+    # Bad samples are left out either way: the shards written by the failed run are reused.
+    assert written == []
     manifest = json.loads((out / "train_manifest.json").read_text())
     assert manifest["num_examples"] == 2 and message in manifest["skipped"][0]["error"]
     assert sorted(p.name for p in out.iterdir()) == [
@@ -300,8 +305,9 @@ def test_killed_publication_leaves_the_old_or_the_new_split(tmp_path):
     full = tmp_path / "full"
     shutil.copytree(published, full)
     num_calls = convert_kill_driver.convert_killed_at(new_root, full, "train", 3, kill_at=0)
-    # Move 3 new shards, rename the manifest (the commit point), remove 2 old shards.
-    assert num_calls == 3 + 1 + 2
+    # Record 3 finished shards, move them, rename the manifest (the commit
+    # point), remove 2 old shards.
+    assert num_calls == 3 + 3 + 1 + 2
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     runs = []
     for kill_at in range(1, num_calls + 1):  # In parallel: each start imports TensorFlow.
@@ -313,8 +319,8 @@ def test_killed_publication_leaves_the_old_or_the_new_split(tmp_path):
                  str(kill_at)], stdout=log, stderr=subprocess.STDOUT, env=env)))
     for kill_at, out, log, process in runs:
         assert process.wait(timeout=120) == -signal.SIGKILL, pathlib.Path(log).read_text()
-        # Killed before the manifest rename (call 4) or at it: the old split.
-        assert read_names(out) == (old if kill_at <= 4 else new), f"killed at call {kill_at}"
+        # Killed before the manifest rename (call 7) or at it: the old split.
+        assert read_names(out) == (old if kill_at <= 7 else new), f"killed at call {kill_at}"
         convert_kill_driver.convert_killed_at(new_root, out, "train", 3, kill_at=0)
         assert read_names(out) == new, f"killed at call {kill_at}, then rerun"
         assert sorted(os.listdir(out)) == _published_files(out), f"killed at call {kill_at}"
@@ -425,3 +431,93 @@ def test_gta5_pairs_of_different_sizes_are_resized_like_the_reference(tmp_path, 
     assert manifest["mismatched"][0]["label_size"] == f"{W + 4}x{H + 2}"
     assert manifest["image_sizes"] == {f"{H}x{W}": 3}
     assert manifest["resized_to"] == {"image": [W, H], "label": [W, H]}
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def _examples(shard):
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(shard))]
+
+
+def _kill_after_two_shards(new_root, out, env):
+    """Converts NEW_ROOT into OUT in a process SIGKILLed when 2 of its 3 shards are recorded."""
+    process = subprocess.run([sys.executable, str(KILL_DRIVER), str(new_root), str(out), "train",
+                              "3", "3"], capture_output=True, text=True, env=env, timeout=120)
+    assert process.returncode == -signal.SIGKILL, process.stdout + process.stderr
+    assert read_names(out) == ["old0.png", "old1.png"]  # Nothing published yet.
+
+
+def _counting_shard_writes(monkeypatch):
+    written = []
+    write = tfrecord_writer._write_shard
+
+    def counting(samples, *args):
+        written.append([s.name for s in samples])
+        return write(samples, *args)
+
+    monkeypatch.setattr(tfrecord_writer, "_write_shard", counting)
+    return written
+
+
+def test_rerun_after_a_kill_reuses_the_finished_shards(tmp_path, monkeypatch):
+    """The same command after an interruption writes only the unfinished shard; same result."""
+    old_root = make_named_folder(tmp_path / "old", "old", 2)
+    new_root = make_named_folder(tmp_path / "new", "new", 3)
+    published = tmp_path / "published"
+    convert_kill_driver.convert_killed_at(old_root, published, "train", 2, kill_at=0)
+    full = tmp_path / "full"
+    shutil.copytree(published, full)
+    convert_kill_driver.convert_killed_at(new_root, full, "train", 3, kill_at=0)
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    resumed, changed = tmp_path / "resumed", tmp_path / "changed"
+    for out in (resumed, changed):
+        shutil.copytree(published, out)
+        _kill_after_two_shards(new_root, out, env)
+
+    written = _counting_shard_writes(monkeypatch)
+    convert_kill_driver.convert_killed_at(new_root, resumed, "train", 3, kill_at=0)
+    assert len(written) == 1, written
+    assert sorted(os.listdir(resumed)) == sorted(os.listdir(full))
+    # The uninterrupted conversion's split: manifest and records equal. (Not
+    # byte for byte: each process serialises a record's feature map in its own order.)
+    assert _json(resumed / "train_manifest.json") == _json(full / "train_manifest.json")
+    for name in os.listdir(full):
+        if name.endswith(".tfrecord"):
+            assert _examples(resumed / name) == _examples(full / name), name
+
+    # An input of a finished shard changed meanwhile: that shard is written again.
+    manifest = json.loads((full / "train_manifest.json").read_text())
+    first = f"new{manifest['order'][0]}.png"  # The sample of shard 0, finished.
+    _save(new_root / "images" / first, _rgb(7))
+    written.clear()
+    convert_kill_driver.convert_killed_at(new_root, changed, "train", 3, kill_at=0)
+    assert sorted(written) == sorted([[first], [f"new{manifest['order'][2]}.png"]])
+    assert read_names(changed) == ["new0.png", "new1.png", "new2.png"]
+    shard0 = manifest["shards"][0]["file"]
+    assert _examples(changed / shard0) != _examples(full / shard0)
+    assert sorted(os.listdir(changed)) == sorted(os.listdir(full))
+
+
+def test_a_damaged_finished_shard_is_written_again(tmp_path, monkeypatch):
+    old_root = make_named_folder(tmp_path / "old", "old", 2)
+    new_root = make_named_folder(tmp_path / "new", "new", 3)
+    out = tmp_path / "out"
+    convert_kill_driver.convert_killed_at(old_root, out, "train", 2, kill_at=0)
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    _kill_after_two_shards(new_root, out, env)
+    temp_dir, = out.glob(".incomplete-train-*")
+    # The third shard was complete, its record not yet written: not finished.
+    shards = sorted(p for p in temp_dir.glob("*.tfrecord")
+                    if p.with_name(p.name + ".done.json").exists())
+    assert len(shards) == 2
+    # One truncated, one changed in place (same size): neither may be reused.
+    shards[0].write_bytes(shards[0].read_bytes()[:-5])
+    damaged = bytearray(shards[1].read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    shards[1].write_bytes(bytes(damaged))
+    written = _counting_shard_writes(monkeypatch)
+    convert_kill_driver.convert_killed_at(new_root, out, "train", 3, kill_at=0)
+    assert len(written) == 3
+    assert read_names(out) == ["new0.png", "new1.png", "new2.png"]

@@ -14,7 +14,6 @@ index in their red and green channels (see the test's fixture).
 import json
 import sys
 
-import tensorflow as tf
 
 from advent_tf import train
 from advent_tf.core import constants

@@ -13,22 +13,34 @@ published in one atomic step, the rename of its new manifest:
    one: the commit point.
 3. Only then are the shards that the new manifest does not list removed.
 
-A conversion starts by removing what an interrupted earlier one left: its
-temporary folders and the shards that the current manifest does not list;
-the listed ones are never touched before step 2. So whenever a conversion is
-killed, readers see exactly the previous split or exactly the new one, never
-a mix nor a truncated shard, and rerunning it leaves no leftover. (This holds
-for the process dying, not for the machine losing power: nothing is fsynced.)
+A conversion starts by removing what an interrupted earlier one left: the
+shards that the current manifest does not list and the temporary folders of
+other conversions; the listed ones are never touched before step 2. So
+whenever a conversion is killed, readers see exactly the previous split or
+exactly the new one, never a mix nor a truncated shard, and rerunning it
+leaves no leftover. (This holds for the process dying, not for the machine
+losing power: nothing is fsynced.)
+
+Resuming: GTA5 takes hours to convert, so the same command rerun after an
+interruption (a kill, Ctrl-C, bad samples) keeps the shards the interrupted
+run finished. Each finished shard in the temporary folder has a completion
+record, written after the shard is complete, with its size, SHA-256 and a
+fingerprint of everything that decides its content: the shard's name and
+samples, each input file's path, size and modification time, the label map,
+the label reader, the resize and the format version. A shard is reused only
+if all of them match (same generation, split, shard count, sample order and
+options, inputs unchanged); any other shard is written again.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
 import glob
+import hashlib
+import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 
 from absl import logging
@@ -54,7 +66,8 @@ class BadSamplesError(Exception):
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
         super().__init__(
             f"split {split!r}: {len(bad)} sample(s) could not be converted, nothing "
-            f"written (pass skip_bad / --skip_bad to convert the rest):\n{lines}{more}")
+            f"published (fix them, or pass skip_bad / --skip_bad to convert the rest; the "
+            f"rerun reuses the finished shards):\n{lines}{more}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +143,12 @@ def convert_sample(sample, read_label, label_map, resize=Resize()):
             counts, (image.height, image.width), mismatch)
 
 
-def _write_shard(samples, read_label, label_map, path, resize=Resize()):
-    """Writes the good samples of one shard to `path`; reports the bad ones."""
+def _write_shard(samples, read_label, label_map, path, resize=Resize(), fingerprint=None):
+    """Writes the good samples of one shard to `path`; reports the bad ones.
+
+    With a `fingerprint`, a completion record (`_record_path`) is written once
+    the shard is complete, so that an interrupted conversion can reuse it.
+    """
     counts = np.zeros([256], np.int64)
     sizes = collections.Counter()
     bad, mismatched = [], []
@@ -151,8 +168,75 @@ def _write_shard(samples, read_label, label_map, path, resize=Resize()):
             if mismatch is not None:
                 mismatched.append((sample.image_path, sample.label_path, *mismatch))
     num_classes = label_map.num_classes if label_map is not None else 0
-    return _ShardResult(num_examples, counts[:num_classes],
-                        int(counts[constants.IGNORE_LABEL]), sizes, bad, mismatched)
+    result = _ShardResult(num_examples, counts[:num_classes],
+                          int(counts[constants.IGNORE_LABEL]), sizes, bad, mismatched)
+    if fingerprint is not None:
+        _write_record(path, fingerprint, result)
+    return result
+
+
+def _record_path(shard_path):
+    return shard_path + ".done.json"
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_record(shard_path, fingerprint, result):
+    """Records a complete shard: written to a temporary name, then renamed."""
+    record = {"fingerprint": fingerprint, "size": os.path.getsize(shard_path),
+              "sha256": _file_sha256(shard_path),
+              "result": {"num_examples": result.num_examples,
+                         "class_counts": result.class_counts.tolist(),
+                         "ignored_pixels": result.ignored_pixels,
+                         "sizes": dict(result.sizes), "bad": result.bad,
+                         "mismatched": result.mismatched}}
+    temp = _record_path(shard_path) + ".tmp"
+    with open(temp, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+    os.replace(temp, _record_path(shard_path))
+
+
+def _finished_shard(shard_path, fingerprint):
+    """The result of a shard an interrupted conversion finished with this fingerprint, or None."""
+    try:
+        with open(_record_path(shard_path), encoding="utf-8") as f:
+            record = json.load(f)
+        if (record["fingerprint"] != fingerprint
+                or os.path.getsize(shard_path) != record["size"]
+                or _file_sha256(shard_path) != record["sha256"]):
+            return None
+        r = record["result"]
+        return _ShardResult(r["num_examples"], np.array(r["class_counts"], np.int64),
+                            r["ignored_pixels"], collections.Counter(r["sizes"]),
+                            [tuple(b) for b in r["bad"]], [tuple(m) for m in r["mismatched"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _shard_fingerprint(source, name, samples, resize):
+    """SHA-256 of everything that decides a shard's content (see the module docstring)."""
+    digest = hashlib.sha256(json.dumps({
+        "format_version": manifest_lib.FORMAT_VERSION, "dataset": source.dataset,
+        "shard": name, "resize": [resize.image_size, resize.label_size],
+        "read_label": f"{source.read_label.__module__}.{source.read_label.__qualname__}",
+        "label_map": (None if source.label_map is None else
+                      [source.label_map.num_classes, source.label_map.lut.tolist()]),
+    }, default=list).encode())
+    for sample in samples:
+        for path in (sample.image_path, sample.label_path):
+            try:
+                stat = os.stat(path) if path else None
+                state = stat and (stat.st_size, stat.st_mtime_ns)
+            except OSError as e:  # Reported as a bad sample by the conversion.
+                state = type(e).__name__
+            digest.update(json.dumps([sample.name, path, state]).encode())
+    return digest.hexdigest()
 
 
 def _run_shards(tasks, num_workers):
@@ -183,6 +267,11 @@ def _remove_unlisted_shards(output_dir, split, listed):
 
 def _temp_prefix(split):
     return f".incomplete-{split}-"
+
+
+def _temp_dir(output_dir, split, generation):
+    """The conversion's temporary folder: the same for a rerun of an interrupted conversion."""
+    return os.path.join(output_dir, f"{_temp_prefix(split)}g{generation}")
 
 
 def _split_manifest(source, split, generation, names, results, bad, order_seed, order,
@@ -270,7 +359,8 @@ def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_
 
     Raises:
       BadSamplesError: some samples are bad and `skip_bad` is False; then
-        nothing is written and the published split is kept.
+        nothing is published (the published split is kept) and the finished
+        shards wait in the temporary folder for the rerun.
       ValueError: the split name contains '-'.
     """
     if "-" in split:
@@ -280,36 +370,49 @@ def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_
     num_shards = max(1, min(num_shards, len(samples)))
     os.makedirs(output_dir, exist_ok=True)
     previous = _published_manifest(output_dir, split)
-    # Leftovers of an interrupted conversion, removed first to free the disk.
+    generation = (previous or {}).get("generation", 0) + 1
+    temp_dir = _temp_dir(output_dir, split, generation)
+    # Leftovers of other conversions, removed first to free the disk; this
+    # one's folder holds what an interrupted run of it finished.
     for path in glob.glob(os.path.join(output_dir, _temp_prefix(split) + "*")):
-        shutil.rmtree(path, ignore_errors=True)
+        if path != temp_dir:
+            shutil.rmtree(path, ignore_errors=True)
     _remove_unlisted_shards(output_dir, split,
                             {s["file"] for s in previous["shards"]} if previous else set())
-    generation = (previous or {}).get("generation", 0) + 1
     names = [example_lib.shard_filename(split, generation, i, num_shards)
              for i in range(num_shards)]
-    temp_dir = tempfile.mkdtemp(prefix=_temp_prefix(split), dir=output_dir)
-    try:
-        order = sample_order(len(samples), order_seed)
-        chunks = np.array_split(order, num_shards)
-        tasks = [([samples[i] for i in chunk], source.read_label, source.label_map,
-                  os.path.join(temp_dir, name), resize) for chunk, name in zip(chunks, names)]
-        results = _run_shards(tasks, num_workers)
-        bad = [item for result in results for item in result.bad]
-        if bad and (not skip_bad or len(bad) == len(samples)):
-            raise BadSamplesError(split, bad)
-        manifest = _split_manifest(source, split, generation, names, results, bad,
-                                   order_seed, order, resize)
-        for item in manifest["mismatched"]:
-            logging.warning("%s is %s but its label %s is %s: both resized independently, "
-                            "as the reference does", item["image"], item["image_size"],
-                            item["label"], item["label_size"])
-        for name in names:
-            os.replace(os.path.join(temp_dir, name), os.path.join(output_dir, name))
-        manifest_lib.write_manifest(manifest, output_dir, split)  # The commit point.
-        _remove_unlisted_shards(output_dir, split, set(names))
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    os.makedirs(temp_dir, exist_ok=True)
+    order = sample_order(len(samples), order_seed)
+    results, tasks = {}, []
+    for index, (chunk, name) in enumerate(zip(np.array_split(order, num_shards), names)):
+        shard_samples = [samples[i] for i in chunk]
+        path = os.path.join(temp_dir, name)
+        fingerprint = _shard_fingerprint(source, name, shard_samples, resize)
+        finished = _finished_shard(path, fingerprint)
+        if finished is not None:
+            results[index] = finished
+        else:
+            tasks.append((index, (shard_samples, source.read_label, source.label_map, path,
+                                  resize, fingerprint)))
+    if results:
+        logging.info("%s: %d of %d shards reused, finished by an interrupted run of this "
+                     "conversion (inputs and options unchanged)", split, len(results), num_shards)
+    results.update(zip([i for i, _ in tasks], _run_shards([t for _, t in tasks], num_workers)))
+    results = [results[i] for i in range(num_shards)]
+    bad = [item for result in results for item in result.bad]
+    if bad and (not skip_bad or len(bad) == len(samples)):
+        raise BadSamplesError(split, bad)
+    manifest = _split_manifest(source, split, generation, names, results, bad,
+                               order_seed, order, resize)
+    for item in manifest["mismatched"]:
+        logging.warning("%s is %s but its label %s is %s: both resized independently, "
+                        "as the reference does", item["image"], item["image_size"],
+                        item["label"], item["label_size"])
+    for name in names:
+        os.replace(os.path.join(temp_dir, name), os.path.join(output_dir, name))
+    manifest_lib.write_manifest(manifest, output_dir, split)  # The commit point.
+    _remove_unlisted_shards(output_dir, split, set(names))
+    shutil.rmtree(temp_dir, ignore_errors=True)
     logging.info("%s: %d examples in %d shards (%d skipped) in %.1f s", split,
                  manifest["num_examples"], num_shards, len(bad), time.time() - start)
     return manifest
