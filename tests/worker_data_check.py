@@ -14,8 +14,8 @@ index in their red and green channels (see the test's fixture).
 import json
 import sys
 
+import keras
 
-from advent_tf import train
 from advent_tf.core import constants
 from advent_tf.core import preprocessing
 from advent_tf.data import pipeline
@@ -27,11 +27,23 @@ def frame_indices(images):
     return [int(red) * 256 + int(green) for red, green, _ in pixels]
 
 
+def train_dataset(pattern, size, batch_size, seed):
+    """The training input of `train --seed=SEED` with PATTERN as source and target.
+
+    As in `train`: Keras is seeded first (by the factory), then the dataset is
+    made, so that its shuffles combine the same global and op seeds.
+    """
+    keras.utils.set_random_seed(seed)
+    return pipeline.make_train_dataset(pattern, pattern, size, size, batch_size, seed=seed)
+
+
 def main(pattern, height, width, global_batch, steps, seed):
+    # Imported here: the test imports this module, and train defines absl flags
+    # that other tools' flags would clash with in the test process.
+    from advent_tf import train
+
     strategy = train.make_strategy("multi_worker")
-    size = (int(height), int(width))
-    dataset = pipeline.make_train_dataset(pattern, pattern, size, size, int(global_batch),
-                                          seed=int(seed))
+    dataset = train_dataset(pattern, (int(height), int(width)), int(global_batch), int(seed))
     received = []
     for step, batch in enumerate(strategy.experimental_distribute_dataset(dataset)):
         if step == int(steps):
