@@ -150,9 +150,9 @@ flags.DEFINE_bool("allow_emulated_precision", _DEFAULT.run.allow_emulated_precis
                   "without it such a run is refused.")
 flags.DEFINE_bool("compact_host_memory", _DEFAULT.run.compact_host_memory,
                   "CPU training: give freed tensor memory back to the system at once (glibc: "
-                  "128 KiB mmap threshold, one arena). Lowers the peak resident set (ResNet-101 "
-                  "MinEnt 4922 -> 4379 MiB) but costs time in page faults (about 30% per step "
-                  "there, more on small networks); no effect on GPU memory.")
+                  "128 KiB mmap threshold, one arena). Lowers the peak resident set but costs "
+                  "time in page faults (figures and machine: advent_tf/core/host_memory.py); "
+                  "no effect on GPU memory.")
 flags.DEFINE_integer("seed", _DEFAULT.run.seed, "Random seed (weights init and data order).")
 flags.DEFINE_bool("compare_source_only", _DEFAULT.run.compare_source_only,
                   "Also train the source-only baseline with the same data, steps and seed in "

@@ -383,22 +383,21 @@ def convert_split(source, output_dir, split, num_shards=16, num_workers=1, skip_
              for i in range(num_shards)]
     os.makedirs(temp_dir, exist_ok=True)
     order = sample_order(len(samples), order_seed)
-    results, tasks = {}, []
-    for index, (chunk, name) in enumerate(zip(np.array_split(order, num_shards), names)):
+    tasks = []
+    for chunk, name in zip(np.array_split(order, num_shards), names):
         shard_samples = [samples[i] for i in chunk]
-        path = os.path.join(temp_dir, name)
-        fingerprint = _shard_fingerprint(source, name, shard_samples, resize)
-        finished = _finished_shard(path, fingerprint)
-        if finished is not None:
-            results[index] = finished
-        else:
-            tasks.append((index, (shard_samples, source.read_label, source.label_map, path,
-                                  resize, fingerprint)))
-    if results:
+        tasks.append((shard_samples, source.read_label, source.label_map,
+                      os.path.join(temp_dir, name), resize,
+                      _shard_fingerprint(source, name, shard_samples, resize)))
+    # What an interrupted run of this conversion finished is reused.
+    results = [_finished_shard(path, fingerprint) for *_, path, _, fingerprint in tasks]
+    todo = [i for i, result in enumerate(results) if result is None]
+    if len(todo) < num_shards:
         logging.info("%s: %d of %d shards reused, finished by an interrupted run of this "
-                     "conversion (inputs and options unchanged)", split, len(results), num_shards)
-    results.update(zip([i for i, _ in tasks], _run_shards([t for _, t in tasks], num_workers)))
-    results = [results[i] for i in range(num_shards)]
+                     "conversion (inputs and options unchanged)", split,
+                     num_shards - len(todo), num_shards)
+    for i, result in zip(todo, _run_shards([tasks[i] for i in todo], num_workers)):
+        results[i] = result
     bad = [item for result in results for item in result.bad]
     if bad and (not skip_bad or len(bad) == len(samples)):
         raise BadSamplesError(split, bad)
