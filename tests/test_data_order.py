@@ -14,10 +14,10 @@ import PIL.Image
 import pytest
 
 from advent_tf.core import constants
-from advent_tf.core import preprocessing
 from advent_tf.data import pipeline
 from advent_tf.data import sources
 from advent_tf.data import tfrecord_writer
+import train_helpers
 
 NUM_RECORDS = 3000
 NUM_BLOCKS = 100
@@ -32,9 +32,7 @@ def dataset_root(tmp_path_factory):
     (root / "images").mkdir()
     (root / "labels").mkdir()
     label = PIL.Image.fromarray(np.zeros(SIZE, np.uint8))
-    for index in range(NUM_RECORDS):
-        pixels = np.zeros(SIZE + (3,), np.uint8)
-        pixels[..., 0], pixels[..., 1] = index // 256, index % 256
+    for index, pixels in enumerate(train_helpers.indexed_frames(NUM_RECORDS, SIZE)):
         PIL.Image.fromarray(pixels).save(root / "images" / f"{index:05d}.png")
         label.save(root / "labels" / f"{index:05d}.png")
     (root / "map.txt").write_text("0 0\n")
@@ -53,9 +51,7 @@ def _draws(pattern, count):
     dataset = pipeline.make_train_dataset(pattern, pattern, SIZE, SIZE, batch_size=1, seed=0)
     indices = []
     for batch in dataset.take(count):
-        red, green, _ = preprocessing.unpreprocess_image(
-            batch[constants.SOURCE_IMAGE][0, 0, 0]).numpy()
-        indices.append(int(red) * 256 + int(green))
+        indices.extend(train_helpers.frame_indices(batch[constants.SOURCE_IMAGE]))
     return np.array(indices)
 
 

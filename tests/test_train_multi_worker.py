@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import re
 import signal
 import socket
@@ -22,7 +21,6 @@ from advent_tf.data import tfrecord_writer
 import train_helpers
 import worker_data_check
 
-TESTS_DIR = pathlib.Path(__file__).resolve().parent
 
 # Every wait is bounded: a worker that hangs in a collective is killed here.
 WORKER_TIMEOUT = 240
@@ -215,11 +213,9 @@ FRAME_SIZE = (8, 8)
 @pytest.fixture(scope="module")
 def indexed_frames(tmp_path_factory):
     """Frames whose red and green channels hold their index, in 4 permuted shards."""
-    frames = np.zeros((NUM_FRAMES, *FRAME_SIZE, 3), np.uint8)
-    frames[..., 0] = (np.arange(NUM_FRAMES) // 256)[:, None, None]
-    frames[..., 1] = (np.arange(NUM_FRAMES) % 256)[:, None, None]
     labels = np.zeros((NUM_FRAMES, *FRAME_SIZE), np.uint8)
-    return _write_frames(tmp_path_factory.mktemp("indexed"), frames, labels, 2)
+    return _write_frames(tmp_path_factory.mktemp("indexed"),
+                         train_helpers.indexed_frames(NUM_FRAMES, FRAME_SIZE), labels, 2)
 
 
 def test_each_worker_reads_its_own_part_of_every_global_batch(indexed_frames, num_workers=3):
@@ -236,7 +232,7 @@ def test_each_worker_reads_its_own_part_of_every_global_batch(indexed_frames, nu
         assert code == 0, stderr[-3000:]
     received = [json.loads(stdout.strip().splitlines()[-1]) for _, stdout, _ in results]
     assert [r["replicas"] for r in received] == [num_workers] * num_workers
-    one_process = [{key: worker_data_check.frame_indices(batch[key]) for key in parts}
+    one_process = [{key: train_helpers.frame_indices(batch[key]) for key in parts}
                    for batch, parts in zip(
                        worker_data_check.train_dataset(indexed_frames, FRAME_SIZE,
                                                        global_batch, seed),
@@ -288,13 +284,15 @@ def test_reference_bn_normalises_each_worker_with_its_own_images(tmp_path):
         patterns[name] = _write_frames(tmp_path / name, frames[index:index + 1],
                                        labels[index:index + 1], 19)
     # A seed whose first global batch holds A and B (a shuffled repeated stream
-    # of two frames may start with one frame twice); worker i gets element i.
+    # of two frames may start with one frame twice); each worker gets one of them.
     for seed in range(20):
         first = next(_training_stream(patterns["pair"], (height, width), 2, seed))
         order = [[np.array_equal(preprocessing.unpreprocess_image(image), f)
                   for f in frames].index(True) for image in first["source_image"]]
         if sorted(order) == [0, 1]:
             break
+    else:
+        raise AssertionError("no seed in 0..19 starts with a batch of A and B")
     flags = dict(method="source_only", num_steps=1, checkpoint_every=1, bn_mode="reference",
                  seed=seed)
 
@@ -310,12 +308,11 @@ def test_reference_bn_normalises_each_worker_with_its_own_images(tmp_path):
         assert code == 0, stderr[-3000:]
     runs = {name: _weights(tmp_path / f"single_{name}", 1) for name in singles}
     ours = _weights(tmp_path / "workers", 1)
-    by_worker = [runs["ab"[i]] for i in order]
     assert ours.keys() == runs["pair"].keys()
     assert sum("moving" in n for n in ours) > 10 and sum("_trainable_" in n for n in ours) > 30
     largest_gap = 0.0
     for name, value in ours.items():
-        want = (by_worker[0][name] + by_worker[1][name]) / 2
+        want = (runs["a"][name] + runs["b"][name]) / 2
         scale = np.abs(want).max() + 1e-12
         assert np.abs(value - want).max() <= 1e-5 * scale, name
         largest_gap = max(largest_gap, np.abs(value - runs["pair"][name]).max() / scale)

@@ -8,6 +8,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
+from advent_tf.core import preprocessing
 from advent_tf.data import demo
 
 TINY_SPLITS = (("source", "train", 8, True), ("target", "train", 8, False),
@@ -41,3 +44,17 @@ def run_train(args, timeout=300, env=None):
     env = env or train_env()
     return subprocess.run([sys.executable, "-m", "advent_tf.train", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def indexed_frames(count, size):
+    """uint8 [count, H, W, 3] frames whose red and green channels hold their index."""
+    frames = np.zeros((count, *size, 3), np.uint8)
+    frames[..., 0] = (np.arange(count) // 256)[:, None, None]
+    frames[..., 1] = (np.arange(count) % 256)[:, None, None]
+    return frames
+
+
+def frame_indices(images):
+    """The index of each `indexed_frames` frame in a preprocessed batch [B, H, W, 3]."""
+    pixels = preprocessing.unpreprocess_image(images[:, 0, 0]).numpy().astype(int)
+    return [int(red) * 256 + int(green) for red, green, _ in pixels]

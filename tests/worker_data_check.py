@@ -6,7 +6,7 @@ Builds the training input exactly as `advent_tf.train` does
 does (`strategy.experimental_distribute_dataset`, keras/src/backend/
 tensorflow/trainer.py). Prints one JSON line: per step, the frame indices of
 the source and target examples this worker received. The frames hold their
-index in their red and green channels (see the test's fixture).
+index in their red and green channels (`train_helpers.indexed_frames`).
 
     python worker_data_check.py PATTERN HEIGHT WIDTH GLOBAL_BATCH STEPS SEED
 """
@@ -17,14 +17,8 @@ import sys
 import keras
 
 from advent_tf.core import constants
-from advent_tf.core import preprocessing
 from advent_tf.data import pipeline
-
-
-def frame_indices(images):
-    """Frame index of each image of a preprocessed batch [B, H, W, 3]."""
-    pixels = preprocessing.unpreprocess_image(images[:, 0, 0]).numpy().astype(int)
-    return [int(red) * 256 + int(green) for red, green, _ in pixels]
+import train_helpers
 
 
 def train_dataset(pattern, size, batch_size, seed):
@@ -49,7 +43,7 @@ def main(pattern, height, width, global_batch, steps, seed):
         if step == int(steps):
             break
         received.append({key: [i for part in strategy.experimental_local_results(batch[key])
-                               for i in frame_indices(part)]
+                               for i in train_helpers.frame_indices(part)]
                          for key in (constants.SOURCE_IMAGE, constants.TARGET_IMAGE)})
     print(json.dumps({"replicas": strategy.num_replicas_in_sync,
                       "steps": received}), flush=True)
