@@ -110,6 +110,54 @@ def test_torch_sgd_lr_multiplier_and_schedule():
         np.testing.assert_allclose(variable.numpy(), w1 - np.float32(lr1) * mult * buf, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["TorchSGD", "TorchAdam"])
+def test_update_reads_weights_and_slots_only_after_the_gradient(name):
+    """No update term is computed before the gradient exists.
+
+    A term that does not depend on the gradient (SGD's wd * w and
+    momentum * buf, Adam's beta_2 * v) is run by the executor as soon as the
+    step starts and then held through the whole forward and backward pass:
+    for SGD twice the network's size at the peak of the step's memory.
+    """
+    variable = keras.Variable(np.ones(4, np.float32))
+    if name == "TorchSGD":
+        optimizer = optimizers.TorchSGD(_LR, momentum=_MOMENTUM, weight_decay=_WD)
+        optimizer.set_update_repeats([variable], 3)
+        optimizer.build([variable])
+        slots = [optimizer.momentums[0]]
+    else:
+        optimizer = optimizers.TorchAdam(1e-4, beta_1=0.9, beta_2=0.99)
+        optimizer.build([variable])
+        slots = [optimizer._momentums[0], optimizer._velocities[0]]
+
+    @tf.function
+    def step(x):
+        optimizer.apply_gradients([(tf.square(x, name="the_gradient"), variable)])
+
+    graph = step.get_concrete_function(tf.TensorSpec([4], tf.float32)).graph
+    internal = {id(external): placeholder for external, placeholder in graph.captures}
+    handles = {internal[id(v.value.handle)].op for v in [variable, *slots]}
+    gradient = graph.get_operation_by_name("the_gradient")
+
+    def after_gradient(op):
+        seen, stack = set(), [op]
+        while stack:
+            current = stack.pop()
+            if current is gradient:
+                return True
+            for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return False
+
+    reads = [op for op in graph.get_operations() if op.type == "ReadVariableOp"
+             and op.inputs[0].op in handles]
+    assert len(reads) >= 1 + len(slots)
+    assert all(after_gradient(op) for op in reads), [
+        op.name for op in reads if not after_gradient(op)]
+
+
 def test_torch_sgd_checkpoint_restores_momentum(ref, tmp_path):
     _, optimizer, variable = _run_sgd(ref, steps=slice(0, 2))
     path = tf.train.Checkpoint(optimizer=optimizer, variable=variable).save(tmp_path / "ckpt")

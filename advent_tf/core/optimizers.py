@@ -100,8 +100,14 @@ class TorchSGD(keras.optimizers.Optimizer):
         momentum = tf.cast(self.momentum, dtype)
         weight_decay = tf.cast(self.coupled_weight_decay, dtype)
         buf_var = self.momentums[self._get_variable_index(variable)]
-        weights = tf.convert_to_tensor(variable)
-        buf = tf.convert_to_tensor(buf_var)
+        # Read the weights and the buffer only once the gradient exists.
+        # Nothing else orders them, so the executor would compute wd * w and
+        # buf * momentum at the start of the step and keep both (twice the
+        # network's size: 340 MiB for ResNet-101) alive through the forward
+        # and backward passes, at the peak of the step's memory.
+        with tf.control_dependencies([gradient]):
+            weights = tf.convert_to_tensor(variable)
+            buf = tf.convert_to_tensor(buf_var)
         # The same operation order as PyTorch, so float64 runs agree bit for bit.
         for _ in range(self._update_repeats.get(key, 1)):
             gradient = gradient + weight_decay * weights
@@ -158,8 +164,12 @@ class TorchAdam(keras.optimizers.Adam):
         index = self._get_variable_index(variable)
         m = self._momentums[index]
         v = self._velocities[index]
-        self.assign_add(m, (gradient - m) * (1 - beta_1))
-        self.assign(v, v * beta_2 + (1 - beta_2) * gradient * gradient)
+        # Not before the gradient exists (v * beta_2 would be computed at the
+        # start of the step and held through it): see `TorchSGD.update_step`.
+        with tf.control_dependencies([gradient]):
+            m_now, v_now = tf.convert_to_tensor(m), tf.convert_to_tensor(v)
+        self.assign_add(m, (gradient - m_now) * (1 - beta_1))
+        self.assign(v, v_now * beta_2 + (1 - beta_2) * gradient * gradient)
         denom = (tf.sqrt(tf.convert_to_tensor(v)) / tf.sqrt(1 - tf.pow(beta_2, step))
                  + tf.cast(self.epsilon, dtype))
         self.assign_sub(variable, lr / (1 - tf.pow(beta_1, step)) * m / denom)
