@@ -1,86 +1,141 @@
-"""tools/benchmark.py end to end on a tiny network: one row per measurement, JSON figures."""
+"""tools/benchmark.py end to end on a tiny network: rows, JSON, tensor peaks, profiles."""
 
 import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 from advent_tf.core import hardware
 
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
-                    "benchmark.py")
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+TOOL = os.path.join(TOOLS, "benchmark.py")
+TINY = ["--backbone=resnet_mini", "--source_size=64,32", "--target_size=64,32",
+        "--eval_size=64,32", "--iterations=1", "--warmup=1", "--jit=off", "--noisolate"]
 
 
-def test_benchmark_prints_a_row_per_method_and_writes_json(tmp_path):
+def _run(tmp_path, *flags):
     output = tmp_path / "bench.json"
     process = subprocess.run(
-        [sys.executable, TOOL, "--backbone=resnet_mini", "--source_size=64,32",
-         "--target_size=64,32", "--eval_size=64,32", "--iterations=1", "--warmup=1", "--jit=off",
-         "--noisolate", "--ceiling_size=256", f"--output_json={output}"],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, TOOL, *TINY, *flags, f"--output_json={output}"],
+        capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     assert process.returncode == 0, process.stderr[-3000:]
-    rows = [line.split() for line in process.stdout.splitlines()]
-    names = [row[0] for row in rows if len(row) > 3 and row[1:3] == ["ours", "off"]]
-    assert names == ["source_only", "minent", "advent", "inference"], process.stdout
-    assert "FAILED" not in process.stdout
+    assert "FAILED" not in process.stdout, process.stdout
+    return process.stdout, json.loads(output.read_text())
 
-    report = json.loads(output.read_text())
+
+def test_benchmark_prints_our_row_and_pytorch_row_per_measurement_and_writes_json(tmp_path):
+    """Every method and the inference, each with PyTorch's row after ours, from one run."""
+    pytest.importorskip("torch")
+    stdout, report = _run(tmp_path, "--pytorch", "--rounds=2", "--mixed_precision=mixed_bfloat16",
+                          "--ceiling_size=256", "--notensor_memory")
+    rows = [line.split()[:3] for line in stdout.splitlines()]
+    names = ["source_only", "minent", "advent", "inference"]
+    assert [r for r in rows if r and r[0] in names] == [
+        row for name in names for row in ([name, "ours", "off"], [name, "pytorch", "-"])], stdout
+
     assert report["config"]["backbone"] == "resnet_mini"
-    # Measured in the run, never remembered: the CPU, its ceiling, the idle runtime.
+    # Measured in the run, never remembered: the CPU, its ceiling, the idle runtimes.
     machine = report["machine"]
     assert machine["cpu"] and "logical cores" in machine["cpu"]
+    # The ceiling is the faster framework's product in the policy's compute type.
+    assert {c["dtype"] for c in machine["ceilings"].values()} == {"bfloat16"}
+    assert set(machine["ceilings"]) == {"advent_tf", "pytorch"}
     assert machine["ceiling_gflop_per_s"] == max(
         c["gflop_per_s"] for c in machine["ceilings"].values()) > 0
-    assert "ceiling: 256x256 float32 matrix product, ours:" in process.stdout
+    assert "ceiling: 256x256 bfloat16 matrix product, ours:" in stdout
+    assert set(machine["idle_memory_bytes"]) == {"advent_tf", "pytorch"}
     assert 0 < machine["idle_memory_bytes"]["advent_tf"] < min(
         r["peak_memory_bytes"] for r in report["results"])
-    assert [r["name"] for r in report["results"]] == names
-    for result in report["results"]:
-        assert result["jit"] is False and result["jit_applied"] is False
+    # bfloat16 on a CPU without native bfloat16 is flagged before the table.
+    problem = hardware.precision_problem("mixed_bfloat16", gpus=[])
+    assert (f"WARNING: {problem}" in stdout) if problem else ("WARNING" not in stdout), stdout
+
+    results = report["results"]
+    ours, theirs = results[::2], results[1::2]
+    assert [r["name"] for r in ours] == names
+    for mine, other in zip(ours, theirs):
+        assert (mine["implementation"], other["implementation"]) == ("advent_tf", "pytorch")
+        assert mine["jit"] is False and mine["jit_applied"] is False
         for key in ("seconds", "seconds_min", "first_call_seconds", "gflop", "gflop_per_s",
                     "peak_memory_bytes"):
-            assert result[key] > 0, (result["name"], key, result[key])
-    gflop = {r["name"]: r["gflop"] for r in report["results"]}
+            assert mine[key] > 0, (mine["name"], key, mine[key])
+        # Two rounds of one timed call each, pooled.
+        assert len(mine["seconds_all"]) == len(other["seconds_all"]) == 2
+        assert mine["ratio_to_pytorch"] == pytest.approx(mine["seconds"] / other["seconds"])
+        assert other["gflop"] == mine["gflop"] > 0  # The same network.
+        assert other["torch_threads"] >= 1
+        assert "tensor_peak_bytes" not in mine and "tensor_peak_bytes" not in other
+    gflop = {r["name"]: r["gflop"] for r in ours}
     # MinEnt adds a target pass to the source pass; AdvEnt adds the discriminators.
     assert gflop["source_only"] < gflop["minent"] < gflop["advent"]
 
 
-def test_benchmark_times_pytorch_side_by_side(tmp_path):
-    """--pytorch: a PyTorch row after ours per measurement, and ours/PyTorch from the same run."""
+def test_tensor_peaks_and_op_family_profiles_of_both_sides(tmp_path):
     pytest.importorskip("torch")
-    output = tmp_path / "bench.json"
-    process = subprocess.run(
-        [sys.executable, TOOL, "--backbone=resnet_mini", "--source_size=64,32",
-         "--target_size=64,32", "--eval_size=64,32", "--iterations=1", "--warmup=1", "--jit=off",
-         "--methods=advent", "--pytorch", "--rounds=2", "--noisolate",
-         "--mixed_precision=mixed_bfloat16", "--ceiling_size=256", f"--output_json={output}"],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    stdout, report = _run(tmp_path, "--pytorch", "--methods=advent", "--noinference",
+                          "--ceiling_size=0", "--tensor_memory", "--profile")
+    ours, theirs = report["results"]
+    batch = 4 * 64 * 32 * (3 + 1 + 3)  # Source image, labels, target image, float32/int32.
+    for row in (ours, theirs):
+        # At least the inputs are alive; never more than the process held.
+        assert batch < row["tensor_peak_bytes"] < row["peak_memory_bytes"], row
+        families = row["profile"]
+        assert families["convolution"] > 0 and families["batch norm"] > 0, families
+        # Ops run one at a time in a profile: their times add up to about the call.
+        assert 0.3 * row["profile_wall_seconds"] < sum(families.values()) < (
+            1.2 * row["profile_wall_seconds"]), row
+    assert "profile of one advent call (XLA off), seconds per op family:" in stdout
+    assert "ours: convolutions" in stdout and "pytorch: convolutions" in stdout
+    assert f"{ours['tensor_peak_bytes'] / 2**20:.0f}" in stdout.split("advent       ours")[1]
+
+
+def test_torch_tensor_peak_and_op_families_are_exact(tmp_path):
+    """The PyTorch count against tensors of known sizes; the family of known op names."""
+    pytest.importorskip("torch")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {TOOLS!r})
+        import torch
+        import benchmark
+
+        MiB = 2 ** 20
+        weights = torch.zeros(MiB // 4)  # 1 MiB, alive throughout.
+        state = {{"grad": torch.zeros(2 * MiB // 4)}}  # Made before the profiler starts.
+
+        def call():
+            state["grad"] = None  # -2: the previous step's gradient.
+            a = torch.ones(2 * MiB // 4)  # +2
+            b = torch.ones(4 * MiB // 4)  # +4: 1 + 2 + 4 = 7 MiB
+            del a  # 5
+            c = torch.ones(MiB // 4)  # 6
+            state["grad"] = b[: 2 * MiB // 4] * 2  # 8: the peak
+            return c.sum() + b.sum()
+
+        peak = benchmark.torch_tensor_peak(call, lambda: [weights, state["grad"]])
+        print(peak / MiB)
+        for name, family in [
+                ("Conv2DBackpropFilter", "convolution"), ("_MklNativeConv2D", "convolution"),
+                ("aten::convolution_backward", "convolution"), ("MatMul", "convolution"),
+                ("aten::mm", "convolution"), ("FusedBatchNormGradV3", "batch norm"),
+                ("_MklFusedBatchNormV3", "batch norm"),
+                ("aten::native_batch_norm_backward", "batch norm"),
+                ("ResizeBilinearGrad", "resize, pool"), ("aten::upsample_bilinear2d",
+                                                         "resize, pool"),
+                ("MaxPoolGrad", "resize, pool"), ("aten::max_pool2d_with_indices",
+                                                  "resize, pool"),
+                ("SparseSoftmaxCrossEntropyWithLogits", "softmax, loss"),
+                ("aten::_log_softmax", "softmax, loss"), ("SpaceToBatchND", "layout"),
+                ("Transpose", "layout"), ("aten::copy_", "layout"), ("ReluGrad", "elementwise"),
+                ("aten::threshold_backward", "elementwise"), ("AddV2", "elementwise"),
+                ("aten::add_", "elementwise"), ("NoOp", "other")]:
+            assert benchmark.op_family(name) == family, (name, benchmark.op_family(name))
+        """)
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=120)
     assert process.returncode == 0, process.stderr[-3000:]
-    assert "FAILED" not in process.stdout, process.stdout
-    rows = [line.split()[:3] for line in process.stdout.splitlines()]
-    assert [r for r in rows if r and r[0] in ("advent", "inference")] == [
-        ["advent", "ours", "off"], ["advent", "pytorch", "-"],
-        ["inference", "ours", "off"], ["inference", "pytorch", "-"]], process.stdout
-
-    # The ceiling is the faster framework's product in the policy's compute type.
-    machine = json.loads(output.read_text())["machine"]
-    assert {c["dtype"] for c in machine["ceilings"].values()} == {"bfloat16"}
-    assert set(machine["ceilings"]) == {"advent_tf", "pytorch"}
-    assert set(machine["idle_memory_bytes"]) == {"advent_tf", "pytorch"}
-    # bfloat16 on a CPU without native bfloat16 is flagged before the table.
-    problem = hardware.precision_problem("mixed_bfloat16", gpus=[])
-    assert (f"WARNING: {problem}" in process.stdout) if problem else (
-        "WARNING" not in process.stdout), process.stdout
-
-    results = json.loads(output.read_text())["results"]
-    for ours, theirs in zip(results[::2], results[1::2]):
-        assert (ours["implementation"], theirs["implementation"]) == ("advent_tf", "pytorch")
-        # Two rounds of one timed call each, pooled.
-        assert len(ours["seconds_all"]) == len(theirs["seconds_all"]) == 2
-        assert ours["ratio_to_pytorch"] == pytest.approx(ours["seconds"] / theirs["seconds"])
-        assert theirs["gflop"] == ours["gflop"] > 0  # The same network.
-        assert theirs["torch_threads"] >= 1
+    # 8 MiB, and the sums' scalars (a few bytes) made while it is held.
+    assert float(process.stdout.split()[-1]) == pytest.approx(8.0, abs=1e-4)

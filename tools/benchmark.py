@@ -38,6 +38,12 @@ earlier measurement of the process; on GPU the allocator's peak on GPU:0
 run: the peak of a fresh process that imported it (and, for ours, the
 package) and ran one tiny convolution, so that the two frameworks' fixed
 costs (TensorFlow's is the larger) do not decide the comparison.
+"tensors" (--tensor_memory, CPU) is the peak of live tensors over one call,
+weights, optimizer state and inputs included: what a GPU allocator would
+have to hold, free of either runtime and of the C allocator's slack. Ours
+is TensorFlow's own count under its BFC allocator (a fresh process, since
+the allocator is fixed when TensorFlow starts), PyTorch's is summed from
+torch.profiler's memory events (`torch_tensor_peak`).
 
 GFLOP: the Conv2D multiply-adds (x2) of the traced networks at the benchmark
 sizes. A training iteration counts 3x the forward cost of each pass through
@@ -108,12 +114,26 @@ _PYTORCH = flags.DEFINE_bool(
     "(tools/pytorch_reference.py, same network, sizes, inputs and dtype policy via "
     "torch.autocast), each right after ours, for a ratio measured in the same run. "
     "Needs torch; CPU only.")
+_TENSORS = flags.DEFINE_bool(
+    "tensor_memory", True,
+    "On CPU, also measure each training and inference row's peak of live tensors (weights, "
+    "optimizer state and inputs included): what a GPU allocator would have to hold, without "
+    "either framework's runtime or its C allocator's slack. Ours: one more subprocess under "
+    "TensorFlow's BFC allocator, which counts them; PyTorch: one more pair of calls under "
+    "torch.profiler's memory events.")
+_PROFILE = flags.DEFINE_bool(
+    "profile", False,
+    "Also profile one call of each training and inference row and print where its time goes "
+    "by op family (convolutions with their GFLOP/s against the ceiling, batch norm, "
+    "elementwise, layout, resize and pooling, softmax and loss, other). Ours: one more "
+    "subprocess, TensorFlow's profiler with one op at a time (inter-op parallelism 1, so that "
+    "op times add up); PyTorch: torch.profiler's self times.")
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 1, "Measure each configuration this many times, alternating with PyTorch "
     "under --pytorch; the timed calls of all rounds are pooled.", lower_bound=1)
 # Internal: a subprocess started by --isolate runs one measurement and writes it here.
 _MEASURE = flags.DEFINE_string("measure", None,
-                               "Internal: KIND,on|off[,pytorch] to measure alone (KIND: a "
+                               "Internal: KIND,on|off[,pytorch|tensors] to measure alone (KIND: a "
                                "method, inference, ceiling or idle).")
 _RESULT_FILE = flags.DEFINE_string("result_file", None, "Internal: where --measure writes.")
 
@@ -123,6 +143,23 @@ CEILING = "ceiling"
 IDLE = "idle"
 OURS = "advent_tf"
 PYTORCH = "pytorch"
+# Ours again, in a process whose CPU tensors TensorFlow's BFC allocator counts.
+OUR_TENSORS = "tensors"
+# Ours again, one call traced by TensorFlow's profiler.
+OUR_PROFILE = "profile"
+# Op families of a profile, first match wins; the patterns see TensorFlow op
+# types and PyTorch's aten names alike (lower case).
+OP_FAMILIES = (
+    ("convolution", r"conv|matmul|^aten::(mm|addmm|bmm)$"),
+    ("batch norm", r"batch_?norm"),
+    ("resize, pool", r"resize|upsample|pool"),
+    ("softmax, loss", r"softmax|log|entropy|nll|exp"),
+    ("layout", r"pad|spacetobatch|batchtospace|transpose|concat|split|slice|copy|reshape|gather"
+               r"|tile|pack|stack|index|nonzero|permute|cat$|select"),
+    ("elementwise", r"add|mul|sub|div|relu|threshold|where|sqrt|square|max|min|sum|mean|neg"
+                    r"|cast|fill|zero|pow|greater|less|equal|sign|abs|clip|bias|sgd|adam"),
+)
+BFC_VARIABLE = "TF_CPU_ALLOCATOR_USE_BFC"
 COMPUTE_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16",
                  "mixed_float16": "float16"}
 
@@ -150,6 +187,8 @@ def _config():
         "seed": _SEED.value,
         "ceiling_size": _CEILING_SIZE.value,
         "compact_host_memory": _COMPACT.value,
+        "tensor_memory": _TENSORS.value,
+        "profile": _PROFILE.value,
     }
 
 
@@ -324,7 +363,6 @@ def measure(kind, jit, config):
     import tensorflow as tf
 
     from advent_tf.core import host_memory
-    from advent_tf.inference import evaluation_protocol
 
     if config["compact_host_memory"]:  # As train --compact_host_memory does.
         host_memory.return_freed_memory()
@@ -333,41 +371,202 @@ def measure(kind, jit, config):
         tf.config.experimental.reset_memory_stats("GPU:0")
     keras.mixed_precision.set_global_policy(config["mixed_precision"])
     try:
-        if kind == INFERENCE:
-            from advent_tf import models
-
-            keras.utils.set_random_seed(config["seed"])
-            segmenter = models.build_segmenter(config["backbone"], config["num_classes"], True,
-                                               "reference")
-            size = config["eval_size"]
-            images = tf.constant(random_eval_images(config))
-
-            # The evaluation path: main logits upsampled (align_corners) to the
-            # input size, then the argmax.
-            @tf.function(jit_compile=jit)
-            def infer(x):
-                logits = evaluation_protocol.ensemble_logits([(segmenter, 1.0)], x,
-                                                             tf.shape(x)[1:3])
-                return tf.argmax(logits, axis=-1, output_type=tf.int32)
-
-            timing = _time_calls(_fetched(lambda: infer(images)), config["warmup"],
-                                 config["iterations"])
-            jit_applied = jit
-            gflop = conv_gflop(segmenter, [config["batch_size"], *size, 3])
-        else:
-            method = build_method(kind, config, jit)
-            # Keras downgrades jit_compile=True to False for models it deems unfit.
-            jit_applied = bool(method.jit_compile)
-            iterator = iter(tf.data.Dataset.from_tensors(random_batch(config)).repeat())
-            method.make_train_function()
-            timing = _time_calls(_fetched(lambda: method.train_function(iterator)),
-                                 config["warmup"], config["iterations"])
-            gflop = iteration_gflop(method, kind, config)
+        call, jit_applied, gflop = _our_call(kind, jit, config)
+        timing = _time_calls(call, config["warmup"], config["iterations"])
     finally:
         keras.mixed_precision.set_global_policy("float32")
     peak, memory_kind = _peak_memory(on_gpu)
     return {**timing, "jit_applied": jit_applied, "gflop": gflop,
             "peak_memory_bytes": peak, "memory_kind": memory_kind}
+
+
+def _our_call(kind, jit, config):
+    """(call, jit_applied, gflop): one training iteration or inference of ours, fetched."""
+    import tensorflow as tf
+
+    from advent_tf.inference import evaluation_protocol
+
+    if kind == INFERENCE:
+        import keras
+
+        from advent_tf import models
+
+        keras.utils.set_random_seed(config["seed"])
+        segmenter = models.build_segmenter(config["backbone"], config["num_classes"], True,
+                                           "reference")
+        images = tf.constant(random_eval_images(config))
+
+        # The evaluation path: main logits upsampled (align_corners) to the
+        # input size, then the argmax.
+        @tf.function(jit_compile=jit)
+        def infer(x):
+            logits = evaluation_protocol.ensemble_logits([(segmenter, 1.0)], x,
+                                                         tf.shape(x)[1:3])
+            return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+        gflop = conv_gflop(segmenter, [config["batch_size"], *config["eval_size"], 3])
+        return _fetched(lambda: infer(images)), jit, gflop
+    method = build_method(kind, config, jit)
+    iterator = iter(tf.data.Dataset.from_tensors(random_batch(config)).repeat())
+    method.make_train_function()
+    # Keras downgrades jit_compile=True to False for models it deems unfit.
+    return (_fetched(lambda: method.train_function(iterator)), bool(method.jit_compile),
+            iteration_gflop(method, kind, config))
+
+
+def measure_tensors(kind, jit, config):
+    """Peak bytes of our live CPU tensors during one call after the warm-up.
+
+    TensorFlow's BFC allocator keeps the count (weights, optimizer slots and
+    inputs included); glibc's malloc, TensorFlow's default on CPU, keeps
+    none. The allocator is chosen when TensorFlow makes its first device, so
+    this runs in a fresh process that set `BFC_VARIABLE` first.
+
+    Returns:
+      dict: tensor_peak_bytes.
+    """
+    import keras
+    import tensorflow as tf
+
+    if os.environ.get(BFC_VARIABLE) != "true":
+        raise RuntimeError(f"measure_tensors needs {BFC_VARIABLE}=true from the process start")
+    keras.mixed_precision.set_global_policy(config["mixed_precision"])
+    try:
+        call, _, _ = _our_call(kind, jit, config)
+        for _ in range(max(config["warmup"], 1)):
+            call()
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        call()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return {"tensor_peak_bytes": int(tf.config.experimental.get_memory_info("CPU:0")["peak"])}
+
+
+def op_family(name):
+    """The `OP_FAMILIES` name of a TensorFlow op type or PyTorch op name ("other" if none)."""
+    import re
+
+    lowered = name.lower()
+    return next((family for family, pattern in OP_FAMILIES if re.search(pattern, lowered)),
+                "other")
+
+
+def _family_seconds(seconds_by_op):
+    """{family: seconds} from {op type or name: seconds}."""
+    families = {}
+    for name, seconds in seconds_by_op.items():
+        family = op_family(name)
+        families[family] = families.get(family, 0.0) + seconds
+    return families
+
+
+def measure_profile(kind, jit, config):
+    """Seconds per op family over one traced call of ours, ops run one at a time.
+
+    TensorFlow runs independent ops side by side (inter-op parallelism), so
+    their traced durations would overlap and not add up to the call; with
+    one inter-op thread they do, while each op still uses every core.
+    Must run in a fresh process (the thread setting is fixed when TensorFlow
+    starts).
+
+    Returns:
+      dict: profile ({family: seconds}), profile_wall_seconds (the traced
+      call), gflop.
+    """
+    import glob
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras.mixed_precision.set_global_policy(config["mixed_precision"])
+    try:
+        call, _, gflop = _our_call(kind, jit, config)
+        for _ in range(max(config["warmup"], 1)):
+            call()
+        with tempfile.TemporaryDirectory() as logdir:
+            tf.profiler.experimental.start(logdir)
+            start = time.perf_counter()
+            call()
+            wall = time.perf_counter() - start
+            tf.profiler.experimental.stop()
+            space = xplane_pb2.XSpace()
+            with open(glob.glob(os.path.join(logdir, "plugins", "profile", "*",
+                                             "*.xplane.pb"))[0], "rb") as f:
+                space.ParseFromString(f.read())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    seconds_by_op = {}
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        # The executor runs the graph's kernels on its inter-op threads
+        # ("tf_Compute/..."), traced as "scope/name:OpType" (runtime events
+        # use "Class::method"); the Python thread only holds the call that
+        # spans them all.
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                if ":" not in name or "::" in name:
+                    continue
+                op_type = name.rsplit(":", 1)[1].strip()
+                if "PartitionedCall" in op_type or op_type.startswith("__inference"):
+                    continue
+                seconds_by_op[op_type] = seconds_by_op.get(op_type, 0.0) + event.duration_ps / 1e12
+    return {"profile": _family_seconds(seconds_by_op), "profile_wall_seconds": wall,
+            "gflop": gflop}
+
+
+def torch_profile(call):
+    """{family: seconds} of one `call` from torch.profiler's self CPU times."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        start = time.perf_counter()
+        call()
+        wall = time.perf_counter() - start
+    seconds_by_op = {event.key: event.self_cpu_time_total / 1e6
+                     for event in profiler.key_averages()}
+    return _family_seconds(seconds_by_op), wall
+
+
+def torch_tensor_peak(call, persistent):
+    """Peak bytes of PyTorch's live CPU tensors during one `call`.
+
+    torch.profiler reports every CPU allocation and free made while it runs,
+    but not the frees of blocks allocated before it started (the previous
+    step's gradients, say). So two calls are profiled: the first makes those
+    blocks under the profiler; over the second, the live bytes are the
+    tensors alive at its start (`persistent()`: every distinct storage of the
+    weights, gradients, buffers, optimizer states and inputs) plus the running
+    sum of its allocations and frees.
+
+    Args:
+      call: one training iteration or inference.
+      persistent: returns the tensors alive between calls.
+
+    Returns:
+      int bytes.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        call()
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in persistent() if t is not None}
+        start = time.time_ns()  # The profiler's clock: nanoseconds since the epoch.
+        call()
+    changes = sorted((event.start_ns(), event.nbytes())
+                     for event in profiler.profiler.kineto_results.events()
+                     if event.name() == "[memory]" and event.start_ns() > start)
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    return sum(storages.values()) + peak
 
 
 def measure_pytorch(kind, config):
@@ -402,6 +601,7 @@ def measure_pytorch(kind, config):
     if kind == INFERENCE:
         images = nchw(random_eval_images(config))
         call = lambda: pytorch_reference.inference(model, images, autocast)  # noqa: E731
+        modules, optimizers, inputs = [model], [], [images]
     else:
         arrays = random_arrays(config)
         trainer = pytorch_reference.ReferenceTrainer(kind, model, config["num_classes"],
@@ -409,12 +609,32 @@ def measure_pytorch(kind, config):
         source, target = nchw(arrays[constants.SOURCE_IMAGE]), nchw(arrays[constants.TARGET_IMAGE])
         labels = torch.from_numpy(arrays[constants.SOURCE_LABEL])
         call = lambda: trainer.step(source, labels, target)  # noqa: E731
+        modules = [m for m in (model, trainer.d_main, trainer.d_aux) if m is not None]
+        optimizers = [trainer.optimizer] + ([trainer.optimizer_d_main, trainer.optimizer_d_aux]
+                                            if trainer.d_main is not None else [])
+        inputs = [source, labels, target]
+
+    def persistent():
+        tensors = list(inputs)
+        for module in modules:
+            tensors += [t for p in module.parameters() for t in (p, p.grad)]
+            tensors += list(module.buffers())
+        for optimizer in optimizers:
+            tensors += [v for state in optimizer.state.values() for v in state.values()
+                        if torch.is_tensor(v)]
+        return tensors
 
     # Synchronous on CPU: losses are fetched with .item(), maps are returned.
     timing = _time_calls(call, config["warmup"], config["iterations"])
     peak, memory_kind = _peak_memory(False)
-    return {**timing, "jit_applied": False, "peak_memory_bytes": peak, "memory_kind": memory_kind,
-            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+    result = {**timing, "jit_applied": False, "peak_memory_bytes": peak,
+              "memory_kind": memory_kind, "torch_version": torch.__version__,
+              "torch_threads": torch.get_num_threads()}
+    if config["tensor_memory"]:
+        result["tensor_peak_bytes"] = torch_tensor_peak(call, persistent)
+    if config["profile"]:
+        result["profile"], result["profile_wall_seconds"] = torch_profile(call)
+    return result
 
 
 def measure_ceiling(implementation, config, calls=3):
@@ -472,14 +692,15 @@ def measure_idle(implementation):
 
 
 def _measure_isolated(kind, jit, implementation):
-    """Runs `measure` (or `measure_pytorch`) in a fresh subprocess with the same flags.
+    """Runs `measure` (`measure_pytorch`, `measure_tensors`) in a fresh subprocess, same flags.
 
     Returns:
       The measurement dict, or {"error": first line of the failure}.
     """
     import tempfile
 
-    spec = f"{kind},{'on' if jit else 'off'}" + (",pytorch" if implementation == PYTORCH else "")
+    spec = f"{kind},{'on' if jit else 'off'}" + ("" if implementation == OURS
+                                                 else f",{implementation}")
     with tempfile.TemporaryDirectory() as scratch:
         result_file = os.path.join(scratch, "result.json")
         command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:],
@@ -507,6 +728,10 @@ def _measure_in_process(kind, jit, implementation):
             return measure_idle(implementation)
         if implementation == PYTORCH:
             return measure_pytorch(kind, _config())
+        if implementation == OUR_TENSORS:
+            return measure_tensors(kind, jit, _config())
+        if implementation == OUR_PROFILE:
+            return measure_profile(kind, jit, _config())
         return measure(kind, jit, _config())
     except Exception as e:  # One failing configuration must not stop the others.
         traceback.print_exc()
@@ -522,6 +747,8 @@ def _pool_rounds(results):
     pooled = {**good[0], "seconds": float(np.mean(times)), "seconds_min": float(np.min(times)),
               "seconds_all": times, "rounds": len(good),
               "peak_memory_bytes": max(r["peak_memory_bytes"] for r in good)}
+    if all("tensor_peak_bytes" in r for r in good):
+        pooled["tensor_peak_bytes"] = max(r["tensor_peak_bytes"] for r in good)
     if len(good) < len(results):
         pooled["failed_rounds"] = len(results) - len(good)
     return pooled
@@ -535,6 +762,9 @@ def _error_line(exception):
 def _run_child(spec):
     """--measure: one measurement in this process, written to --result_file."""
     kind, jit, *implementation = spec.split(",")
+    if implementation == [OUR_TENSORS]:
+        # Before TensorFlow makes its first device, which fixes the allocator.
+        os.environ[BFC_VARIABLE] = "true"
     result = _measure_in_process(kind, jit == "on", implementation[0] if implementation else OURS)
     with open(_RESULT_FILE.value, "w", encoding="utf-8") as f:
         json.dump(result, f)
@@ -543,7 +773,7 @@ def _run_child(spec):
 # -- Report ------------------------------------------------------------------
 _HEADER = (f"{'measurement':<12} {'impl':<7} {'XLA':<4} {'s/call':>8} {'min':>8} "
            f"{'1st call':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'%ceil':>6} {'peak MiB':>9} "
-           f"{'net MiB':>8} {'/torch':>7}")
+           f"{'net MiB':>8} {'tensors':>8} {'/torch':>7}")
 _SHORT_NAME = {OURS: "ours", PYTORCH: "pytorch"}
 
 
@@ -560,12 +790,14 @@ def format_row(row):
     note = ("" if row["implementation"] == PYTORCH or row["jit_applied"] == row["jit"]
             else f"  (Keras applied jit_compile={row['jit_applied']})")
     net = row.get("net_memory_bytes")
+    tensors = row.get("tensor_peak_bytes")
     return (f"{head} {row['seconds']:>8.3f} {row['seconds_min']:>8.3f} "
             f"{row['first_call_seconds']:>9.2f} {optional(row.get('gflop'), '.1f', 8)} "
             f"{optional(row.get('gflop_per_s'), '.1f', 8)} "
             f"{optional(row.get('percent_of_ceiling'), '.1f', 6)} "
             f"{row['peak_memory_bytes'] / 2**20:>9.0f} "
             f"{optional(None if net is None else net / 2**20, '.0f', 8)} "
+            f"{optional(None if tensors is None else tensors / 2**20, '.0f', 8)} "
             f"{optional(row.get('ratio_to_pytorch'), '.2f', 7)}{note}")
 
 
@@ -712,6 +944,20 @@ def run_benchmark():
                 if with_pytorch:
                     theirs.append(measure_one(kind, False, PYTORCH))
             row = {"name": kind, "implementation": OURS, "jit": jit, **_pool_rounds(ours)}
+            if config["tensor_memory"] and not gpus and "error" not in row:
+                # Always a fresh process: the allocator that counts is chosen at start.
+                tensors = _measure_isolated(kind, jit, OUR_TENSORS)
+                if "error" in tensors:
+                    print(f"{kind}: tensor peak not measured: {tensors['error']}", flush=True)
+                else:
+                    row["tensor_peak_bytes"] = tensors["tensor_peak_bytes"]
+            if config["profile"] and "error" not in row:
+                profiled = _measure_isolated(kind, jit, OUR_PROFILE)
+                if "error" in profiled:
+                    print(f"{kind}: not profiled: {profiled['error']}", flush=True)
+                else:
+                    row["profile"] = profiled["profile"]
+                    row["profile_wall_seconds"] = profiled["profile_wall_seconds"]
             if with_pytorch:
                 pytorch_rows[kind] = _annotate(
                     {"name": kind, "implementation": PYTORCH, "jit": False,
@@ -722,16 +968,53 @@ def run_benchmark():
     memory = ("peak MiB: GPU:0 allocator peak per measurement" if gpus else
               "peak MiB: process RSS peak (runtime included"
               + (", per measurement subprocess); net MiB: minus the framework's idle runtime"
-                 if _ISOLATE.value else ", cumulative over the process)"))
+                 if _ISOLATE.value else ", cumulative over the process)")
+              + ("; tensors: peak MiB of live tensors over one call (weights, optimizer state "
+                 "and inputs included; ours counted by TensorFlow's BFC allocator in a fresh "
+                 "process, PyTorch's from torch.profiler's memory events)"
+                 if config["tensor_memory"] else ""))
     ceiling = machine["ceiling_gflop_per_s"]
     print(f"s/call: mean of the timed calls; 1st call: tracing and compilation included; "
           f"{memory}; %ceil: of "
           + (f"the fastest {config['ceiling_size']} matrix product measured above "
              f"({ceiling:.1f} GFLOP/s)" if ceiling else "no ceiling (GPU, or not measured)")
           + "; /torch: ours over the PyTorch row of this run.", flush=True)
+    if config["profile"]:
+        print_profiles(report["results"], ceiling)
     if _OUTPUT_JSON.value:
         _write_json(_OUTPUT_JSON.value, report)
     return report
+
+
+def print_profiles(results, ceiling):
+    """Per profiled measurement: seconds per op family, ours beside PyTorch's.
+
+    The convolutions' GFLOP/s is the row's convolution GFLOP over the
+    convolution family's seconds, and "%ceil" its share of the ceiling.
+    """
+    families = [name for name, _ in OP_FAMILIES] + ["other"]
+    for row in results:
+        if "profile" not in row or row["implementation"] != OURS:
+            continue
+        theirs = next((r for r in results if r["implementation"] == PYTORCH
+                       and r["name"] == row["name"] and "profile" in r), None)
+        sides = [("ours", row)] + ([("pytorch", theirs)] if theirs else [])
+        print(f"\nprofile of one {row['name']} call (XLA {'on' if row['jit'] else 'off'}), "
+              "seconds per op family:", flush=True)
+        print(f"{'family':<14}" + "".join(f"{side:>10}" for side, _ in sides))
+        for family in families:
+            seconds = [r["profile"].get(family, 0.0) for _, r in sides]
+            print(f"{family:<14}" + "".join(f"{s:>10.3f}" for s in seconds))
+        totals = [sum(r["profile"].values()) for _, r in sides]
+        print(f"{'sum of ops':<14}" + "".join(f"{s:>10.3f}" for s in totals))
+        print(f"{'wall':<14}" + "".join(f"{r['profile_wall_seconds']:>10.3f}" for _, r in sides))
+        for side, r in sides:
+            conv = r["profile"].get("convolution")
+            if conv and row.get("gflop"):
+                rate = row["gflop"] / conv
+                print(f"{side}: convolutions {row['gflop']:.1f} GFLOP at {rate:.1f} GFLOP/s"
+                      + (f" ({100 * rate / ceiling:.1f}% of the ceiling)" if ceiling else ""),
+                      flush=True)
 
 
 def main(argv):
