@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from advent_tf import train
 from advent_tf.data import demo
 
 import train_helpers
@@ -48,9 +49,11 @@ def test_sigkill_then_rerun_resumes_from_last_checkpoint(one_pair, tmp_path):
     flags = dict(method="advent", num_steps=steps, checkpoint_every=2, image_summary_every=0,
                  deterministic=True)
     args = train_helpers.tiny_flags(one_pair, killed_dir, **flags)
+    # oneDNN off from the start: --deterministic then needs no restart (one
+    # TensorFlow start-up less per run; the restart is tested below).
+    env = train_helpers.train_env(**{train.ONEDNN_VARIABLE: "0"})
     process = subprocess.Popen([sys.executable, "-m", "advent_tf.train", *args],
-                               env=train_helpers.train_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt_dir = os.path.join(killed_dir, "checkpoints")
     deadline = time.monotonic() + 300
     # Wait on the manager's state file, which is written after a checkpoint's
@@ -73,7 +76,7 @@ def test_sigkill_then_rerun_resumes_from_last_checkpoint(one_pair, tmp_path):
         assert int(saved[f"{optimizer}/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == killed_at
     assert all(np.all(np.isfinite(v)) for v in saved.values() if v.dtype.kind == "f")
 
-    rerun = train_helpers.run_train(args)  # The very same command.
+    rerun = train_helpers.run_train(args, env=env)  # The very same command.
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Resumed from {last}" in rerun.stderr
     first = re.search(r"step (\d+)/16 .* lr ([0-9.e-]+) ", rerun.stderr)
@@ -86,11 +89,12 @@ def test_sigkill_then_rerun_resumes_from_last_checkpoint(one_pair, tmp_path):
         assert int(final[f"{optimizer}/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == steps
 
     # A third run of the same command has nothing left to do.
-    again = train_helpers.run_train(args)
+    again = train_helpers.run_train(args, env=env)
     assert again.returncode == 0 and f"Already trained to step {steps}" in again.stderr
 
     straight_dir = str(tmp_path / "straight")
-    straight = train_helpers.run_train(train_helpers.tiny_flags(one_pair, straight_dir, **flags))
+    straight = train_helpers.run_train(train_helpers.tiny_flags(one_pair, straight_dir, **flags),
+                                       env=env)
     assert straight.returncode == 0, straight.stderr[-3000:]
     expected = _all_variables(os.path.join(straight_dir, "checkpoints", f"ckpt-{steps}"))
     assert expected.keys() == final.keys()
@@ -141,8 +145,11 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(one_pair, tmp_pat
     data_file = newest + ".data-00000-of-00001"
     with open(data_file, "r+b") as f:
         f.truncate(os.path.getsize(data_file) // 2)
-    rerun = train_helpers.run_train(train_helpers.tiny_flags(one_pair, train_dir, **flags))
+    # Later runs start with oneDNN off (no restart: one TensorFlow start-up less each).
+    env = train_helpers.train_env(**{train.ONEDNN_VARIABLE: "0"})
+    rerun = train_helpers.run_train(train_helpers.tiny_flags(one_pair, train_dir, **flags), env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "restarting with" not in rerun.stderr
     assert f"Checkpoint {newest} cannot be read" in rerun.stderr
     assert f"Resumed from {os.path.join(ckpt_dir, 'ckpt-2')}" in rerun.stderr
     assert sorted(os.listdir(os.path.join(ckpt_dir, "unreadable"))) == [
@@ -157,7 +164,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(one_pair, tmp_pat
     files, recorded = sorted(os.listdir(ckpt_dir)), open(record).read()
     other_flags = train_helpers.tiny_flags(
         one_pair, train_dir, **dict(flags, method="minent", backbone="resnet_tiny", num_steps=5))
-    other = train_helpers.run_train(other_flags)
+    other = train_helpers.run_train(other_flags, env=env)
     assert other.returncode != 0
     assert (f"--train_dir={train_dir}: resuming would continue the recorded experiment"
             in other.stderr), other.stderr[-3000:]
@@ -169,7 +176,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(one_pair, tmp_pat
     # Without the record (a run of an older version), the checkpoint itself refuses.
     os.remove(record)
     os.remove(os.path.join(train_dir, "run.flags"))
-    other = train_helpers.run_train(other_flags)
+    other = train_helpers.run_train(other_flags, env=env)
     assert other.returncode != 0
     assert f"--train_dir={train_dir}: checkpoint {newest} does not fit" in other.stderr, \
         other.stderr[-3000:]
