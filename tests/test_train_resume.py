@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advent_tf import train
 from advent_tf.data import demo
 
 import train_helpers
@@ -51,7 +50,7 @@ def test_sigkill_then_rerun_resumes_from_last_checkpoint(one_pair, tmp_path):
     args = train_helpers.tiny_flags(one_pair, killed_dir, **flags)
     # oneDNN off from the start: --deterministic then needs no restart (one
     # TensorFlow start-up less per run; the restart is tested below).
-    env = train_helpers.train_env(**{train.ONEDNN_VARIABLE: "0"})
+    env = train_helpers.train_env(TF_ENABLE_ONEDNN_OPTS="0")
     process = subprocess.Popen([sys.executable, "-m", "advent_tf.train", *args],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt_dir = os.path.join(killed_dir, "checkpoints")
@@ -146,7 +145,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(one_pair, tmp_pat
     with open(data_file, "r+b") as f:
         f.truncate(os.path.getsize(data_file) // 2)
     # Later runs start with oneDNN off (no restart: one TensorFlow start-up less each).
-    env = train_helpers.train_env(**{train.ONEDNN_VARIABLE: "0"})
+    env = train_helpers.train_env(TF_ENABLE_ONEDNN_OPTS="0")
     rerun = train_helpers.run_train(train_helpers.tiny_flags(one_pair, train_dir, **flags), env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "restarting with" not in rerun.stderr

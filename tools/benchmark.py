@@ -43,7 +43,10 @@ weights, optimizer state and inputs included: what a GPU allocator would
 have to hold, free of either runtime and of the C allocator's slack. Ours
 is TensorFlow's own count under its BFC allocator (a fresh process, since
 the allocator is fixed when TensorFlow starts), PyTorch's is summed from
-torch.profiler's memory events (`torch_tensor_peak`).
+torch.profiler's memory events (`torch_tensor_peak`). --profile (CPU) adds,
+per measurement, the seconds of one call by op family, ours beside
+PyTorch's, and the convolutions' GFLOP/s against the ceiling: where the
+time goes, and how far the kernels are from the machine's best.
 
 GFLOP: the Conv2D multiply-adds (x2) of the traced networks at the benchmark
 sizes. A training iteration counts 3x the forward cost of each pass through
@@ -471,7 +474,7 @@ def measure_profile(kind, jit, config):
 
     Returns:
       dict: profile ({family: seconds}), profile_wall_seconds (the traced
-      call), gflop.
+      call).
     """
     import glob
     import tempfile
@@ -483,7 +486,7 @@ def measure_profile(kind, jit, config):
     tf.config.threading.set_inter_op_parallelism_threads(1)
     keras.mixed_precision.set_global_policy(config["mixed_precision"])
     try:
-        call, _, gflop = _our_call(kind, jit, config)
+        call, _, _ = _our_call(kind, jit, config)
         for _ in range(max(config["warmup"], 1)):
             call()
         with tempfile.TemporaryDirectory() as logdir:
@@ -516,8 +519,7 @@ def measure_profile(kind, jit, config):
                 if "PartitionedCall" in op_type or op_type.startswith("__inference"):
                     continue
                 seconds_by_op[op_type] = seconds_by_op.get(op_type, 0.0) + event.duration_ps / 1e12
-    return {"profile": _family_seconds(seconds_by_op), "profile_wall_seconds": wall,
-            "gflop": gflop}
+    return {"profile": _family_seconds(seconds_by_op), "profile_wall_seconds": wall}
 
 
 def torch_profile(call):
@@ -951,7 +953,8 @@ def run_benchmark():
                     print(f"{kind}: tensor peak not measured: {tensors['error']}", flush=True)
                 else:
                     row["tensor_peak_bytes"] = tensors["tensor_peak_bytes"]
-            if config["profile"] and "error" not in row:
+            # CPU only: on a GPU the kernels run on its streams, not the executor's threads.
+            if config["profile"] and not gpus and "error" not in row:
                 profiled = _measure_isolated(kind, jit, OUR_PROFILE)
                 if "error" in profiled:
                     print(f"{kind}: not profiled: {profiled['error']}", flush=True)
