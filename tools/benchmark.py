@@ -946,21 +946,19 @@ def run_benchmark():
                 if with_pytorch:
                     theirs.append(measure_one(kind, False, PYTORCH))
             row = {"name": kind, "implementation": OURS, "jit": jit, **_pool_rounds(ours)}
-            if config["tensor_memory"] and not gpus and "error" not in row:
-                # Always a fresh process: the allocator that counts is chosen at start.
-                tensors = _measure_isolated(kind, jit, OUR_TENSORS)
-                if "error" in tensors:
-                    print(f"{kind}: tensor peak not measured: {tensors['error']}", flush=True)
+            # CPU only (on a GPU the peak above is already the allocator's, and
+            # kernels run on its streams, not the executor's threads), and always
+            # a fresh process: the allocator and the thread setting are fixed
+            # when TensorFlow starts. Each child returns only the keys it adds.
+            extras = [(implementation, failure) for implementation, failure, wanted in (
+                (OUR_TENSORS, "tensor peak not measured", config["tensor_memory"]),
+                (OUR_PROFILE, "not profiled", config["profile"])) if wanted]
+            for implementation, failure in extras if not gpus and "error" not in row else []:
+                extra = _measure_isolated(kind, jit, implementation)
+                if "error" in extra:
+                    print(f"{kind}: {failure}: {extra['error']}", flush=True)
                 else:
-                    row["tensor_peak_bytes"] = tensors["tensor_peak_bytes"]
-            # CPU only: on a GPU the kernels run on its streams, not the executor's threads.
-            if config["profile"] and not gpus and "error" not in row:
-                profiled = _measure_isolated(kind, jit, OUR_PROFILE)
-                if "error" in profiled:
-                    print(f"{kind}: not profiled: {profiled['error']}", flush=True)
-                else:
-                    row["profile"] = profiled["profile"]
-                    row["profile_wall_seconds"] = profiled["profile_wall_seconds"]
+                    row.update(extra)
             if with_pytorch:
                 pytorch_rows[kind] = _annotate(
                     {"name": kind, "implementation": PYTORCH, "jit": False,
