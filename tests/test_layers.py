@@ -6,16 +6,7 @@ import pytest
 import tensorflow as tf
 
 from advent_tf.models import layers as layers_lib
-from advent_tf.models.layers import PointwiseConv2D, TapSumConv2D
-
-
-def _pair(rate, filters=5, seed=0):
-    """A TapSumConv2D and a plain dilated Conv2D holding the same weights."""
-    kwargs = dict(filters=filters, kernel_size=3, padding="same",
-                  dilation_rate=rate, use_bias=True,
-                  bias_initializer=keras.initializers.RandomUniform(-1, 1, seed=seed),
-                  kernel_initializer=keras.initializers.RandomNormal(0, 0.1, seed=seed))
-    return TapSumConv2D(**kwargs), keras.layers.Conv2D(**kwargs)
+from advent_tf.models.layers import ASPPBranch, ASPPSum, DilatedConv2D, PointwiseConv2D
 
 
 def _output_and_gradients(fn, x, sources):
@@ -28,60 +19,123 @@ def _output_and_gradients(fn, x, sources):
     return (y, *tape.gradient(loss, [x, *sources]))
 
 
-@pytest.mark.parametrize("rate", [1, 2, 6, 24])
-@pytest.mark.parametrize("shape", [(2, 9, 9, 7), (1, 5, 13, 3), (1, 33, 65, 4)])
-def test_tap_sum_equals_dilated_convolution_and_its_gradients(rate, shape):
-    # Rate 24 on 9x9 / 5x13 maps: most taps fall wholly outside the map, as
-    # in the tests' 65x65 images; the zero fill must still give 'same' output.
-    x = tf.constant(np.random.default_rng(rate).normal(size=shape), tf.float32)
-    taps, conv = _pair(rate)
-    taps.build(shape)
-    conv.build(shape)
-    conv.set_weights(taps.get_weights())
-    grads = [_output_and_gradients(layer, x, [layer.kernel, layer.bias])
-             for layer in (taps, conv)]
-    for got, want in zip(*grads):
-        np.testing.assert_allclose(got, want, rtol=1e-5,
-                                   atol=1e-5 * np.abs(want.numpy()).max())
+def _heads(rates, channels, filters=5, policy="float32"):
+    """An ASPPSum head and the same sum of keras dilated Conv2Ds, holding the same weights.
 
-
-def test_tap_sum_under_bfloat16_policy_sums_in_float32():
-    shape = (1, 17, 23, 8)
-    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
-    _, conv = _pair(6, filters=4)
-    conv.build(shape)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    Returns:
+      ``(aspp, reference)``: functions of the features, and the ASPP's weights
+      (every branch's kernel and bias, also the reference's after copying).
+    """
+    keras.mixed_precision.set_global_policy(policy)
     try:
-        mixed, _ = _pair(6, filters=4)
-        mixed.build(shape)
+        branches, convs = [], []
+        for i, rate in enumerate(rates):
+            kwargs = dict(filters=filters, kernel_size=3, padding="same", dilation_rate=rate,
+                          use_bias=True,
+                          bias_initializer=keras.initializers.RandomUniform(-1, 1, seed=i),
+                          kernel_initializer=keras.initializers.RandomNormal(0, 0.1, seed=i))
+            branches.append(ASPPBranch(**kwargs))
+            convs.append(keras.layers.Conv2D(**kwargs))
+        head = ASPPSum(rates)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    mixed.set_weights(conv.get_weights())
-    got = mixed(x)
-    assert got.dtype == tf.bfloat16
-    want = conv(x).numpy()
+    for branch, conv in zip(branches, convs):
+        branch.build((None, None, None, channels))
+        conv.build((None, None, None, channels))
+        conv.set_weights(branch.get_weights())
+
+    def aspp(x):
+        return head(x, [branch(x) for branch in branches])
+
+    def reference(x):
+        return tf.add_n([tf.cast(conv(x), tf.float32) for conv in convs])
+
+    weights = [w for branch in branches for w in (branch.kernel, branch.bias)]
+    return aspp, reference, weights, convs
+
+
+@pytest.mark.parametrize("rates", [(6, 12, 18, 24), (1, 2)])
+@pytest.mark.parametrize("shape", [(2, 9, 9, 7), (1, 5, 13, 3), (1, 33, 65, 4)])
+def test_aspp_sum_equals_the_sum_of_dilated_convolutions_and_its_gradients(rates, shape):
+    # Rate 24 on 9x9 / 5x13 maps: most taps fall wholly outside the map, as
+    # in the tests' 65x65 images; the zero fill must still give 'same' output.
+    x = tf.constant(np.random.default_rng(len(rates)).normal(size=shape), tf.float32)
+    aspp, reference, weights, convs = _heads(rates, shape[-1])
+    got = _output_and_gradients(aspp, x, weights)
+    want = _output_and_gradients(
+        reference, x, [w for conv in convs for w in (conv.kernel, conv.bias)])
+    assert got[0].dtype == tf.float32 and got[0].shape == shape[:3] + (5,)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w.numpy()).max())
+
+
+def test_aspp_input_gradient_is_one_convolution():
+    """The four branches' input gradient is one tensor, not four that exist together.
+
+    Separate convolutions give one input gradient per branch, all computed
+    before TensorFlow adds them: for the main head at 640x360, 4 x 29 MiB at
+    the peak of a training step's memory.
+    """
+    aspp, _, weights, _ = _heads((6, 12, 18, 24), 8)
+
+    @tf.function
+    def input_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(aspp(x)))
+        return tape.gradient(loss, [x, *weights])
+
+    graph = input_gradient.get_concrete_function(tf.TensorSpec([1, 9, 9, 8])).graph
+    kinds = [op.type for op in graph.get_operations()]
+    assert kinds.count("Conv2DBackpropInput") == 1
+    assert "AddN" not in kinds
+
+
+def test_aspp_sum_under_bfloat16_policy_sums_in_float32():
+    shape = (1, 17, 23, 8)
+    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    _, reference, _, _ = _heads((6, 12), 8, filters=4)
+    aspp, _, _, mixed_convs = _heads((6, 12), 8, filters=4, policy="mixed_bfloat16")
+    got = aspp(x)
+    assert got.dtype == tf.float32
+    assert mixed_convs[0].compute_dtype == "bfloat16"
+    want = reference(x).numpy()
     # One bfloat16 rounding of the inputs/products (8 bits of mantissa).
-    np.testing.assert_allclose(tf.cast(got, tf.float32), want, rtol=0,
-                               atol=3e-2 * np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=3e-2 * np.abs(want).max())
+    # Each branch rounded once to bfloat16, as its convolution layer does.
+    np.testing.assert_allclose(got, tf.add_n([tf.cast(c(x), tf.float32) for c in mixed_convs]),
+                               rtol=0, atol=2e-2 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("kwargs", [
     dict(kernel_size=1), dict(kernel_size=3, strides=2),
-    dict(kernel_size=3, padding="valid"),
+    dict(kernel_size=3, padding="valid"), dict(kernel_size=3, use_bias=False),
     dict(kernel_size=3, data_format="channels_first"),
 ])
-def test_tap_sum_rejects_what_it_does_not_compute(kwargs):
+def test_aspp_branch_rejects_what_it_does_not_compute(kwargs):
     kwargs.setdefault("padding", "same")
-    with pytest.raises(ValueError, match="TapSumConv2D supports"):
-        TapSumConv2D(4, dilation_rate=1 if kwargs.get("strides") else 2,
-                     name="head", **kwargs)
+    kwargs.setdefault("use_bias", True)
+    with pytest.raises(ValueError, match="ASPPBranch supports"):
+        ASPPBranch(4, dilation_rate=1 if kwargs.get("strides") else 2,
+                   name="head", **kwargs)
 
 
-def test_tap_sum_config_round_trip():
-    layer = TapSumConv2D(3, 3, padding="same", dilation_rate=12, name="layer6_x")
+def test_aspp_sum_rejects_a_branch_count_other_than_its_rates():
+    head = ASPPSum((6, 12, 18))
+    branch = ASPPBranch(2, 3, padding="same", dilation_rate=6)
+    x = tf.zeros([1, 5, 5, 3])
+    with pytest.raises(ValueError, match="2 branches for rates"):
+        head(x, [branch(x), branch(x)])
+
+
+def test_aspp_config_round_trip():
+    layer = ASPPBranch(3, 3, padding="same", dilation_rate=12, name="layer6_x")
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert type(clone) is TapSumConv2D
+    assert type(clone) is ASPPBranch
     assert tuple(clone.dilation_rate) == (12, 12) and clone.name == "layer6_x"
+    head = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(ASPPSum((6, 12), name="layer6")))
+    assert type(head) is ASPPSum and head.rates == (6, 12) and head.name == "layer6"
 
 
 @pytest.mark.parametrize("shape", [(1, 7, 9, 6), (2, 5, 3, 16)])
@@ -144,4 +198,103 @@ def test_pointwise_conv_config_round_trip_and_resnet_use():
     assert kinds["layer3_0_downsample_0"] is PointwiseConv2D
     assert kinds["layer2_0_conv1"] is keras.layers.Conv2D
     assert kinds["layer2_0_downsample_0"] is keras.layers.Conv2D
-    assert kinds["layer3_0_conv2"] is keras.layers.Conv2D
+    assert kinds["layer2_0_conv2"] is keras.layers.Conv2D
+    assert kinds["layer3_0_conv2"] is DilatedConv2D
+
+
+def _dilated_pair(rate, policy="float32", use_bias=False):
+    """A DilatedConv2D and a keras Conv2D under ``policy``, holding the same weights."""
+    kwargs = dict(filters=6, kernel_size=3, padding="same", dilation_rate=rate,
+                  use_bias=use_bias, bias_initializer="random_uniform",
+                  kernel_initializer=keras.initializers.RandomNormal(0, 0.1, seed=0))
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        pair = DilatedConv2D(**kwargs), keras.layers.Conv2D(**kwargs)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return pair
+
+
+@pytest.mark.parametrize("rate, shape, policy, use_bias", [
+    (2, (1, 46, 81, 8), "float32", False),  # layer3's rate on an odd-sized map
+    (4, (2, 9, 13, 5), "float32", True),  # layer4's / VGG fc6's, rate near the map size
+    ((2, 4), (1, 17, 23, 4), "float32", False),
+    (2, (1, 21, 33, 8), "mixed_bfloat16", False),
+])
+def test_dilated_conv_equals_keras_conv_and_its_gradients(rate, shape, policy, use_bias):
+    # The backward re-builds TensorFlow's own ops from the input: bit-identical.
+    x = tf.constant(np.random.default_rng(0).normal(size=shape), tf.float32)
+    dilated, conv = _dilated_pair(rate, policy, use_bias)
+    dilated.build(shape)
+    conv.build(shape)
+    conv.set_weights(dilated.get_weights())
+    got, want = [_output_and_gradients(layer, x, layer.trainable_weights)
+                 for layer in (dilated, conv)]
+    assert got[0].dtype == tf.as_dtype(keras.mixed_precision.Policy(policy).compute_dtype)
+    assert len(got) == 2 + len(conv.trainable_weights)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_dilated_conv_backward_pads_only_after_the_upstream_gradient():
+    """Nothing the kernel gradient reads is made before the gradient reaches the layer.
+
+    TensorFlow's own gradient reads the SpaceToBatchND copy made in the
+    forward pass, which then stays alive from the forward to the backward
+    (at 640x360 + 512x256, 127 MiB of ResNet-101's peak); a re-built copy made
+    without waiting for the upstream gradient is run by the executor in the
+    forward pass all the same.
+    """
+    layer = DilatedConv2D(4, 3, padding="same", dilation_rate=2, use_bias=False)
+    layer.build((1, 12, 12, 3))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(tf.nn.relu(x))
+            loss = tf.reduce_sum(tf.square(y))
+        upstream = tf.identity(2.0 * y, name="the_upstream_gradient")
+        return tape.gradient(y, [x, layer.kernel], output_gradients=upstream), loss
+
+    graph = step.get_concrete_function(tf.TensorSpec([1, 12, 12, 3])).graph
+    upstream = graph.get_operation_by_name("the_upstream_gradient")
+
+    def after_upstream(op):
+        seen, stack = set(), [op]
+        while stack:
+            current = stack.pop()
+            if current is upstream:
+                return True
+            for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return False
+
+    filter_inputs = [op.inputs[0].op for op in graph.get_operations()
+                     if op.type == "Conv2DBackpropFilter"]
+    assert [op.type for op in filter_inputs] == ["SpaceToBatchND"]
+    assert all(after_upstream(op) for op in filter_inputs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(dilation_rate=1), dict(dilation_rate=2, padding="valid"),
+    dict(dilation_rate=2, data_format="channels_first"),
+])
+def test_dilated_conv_rejects_what_it_does_not_compute(kwargs):
+    kwargs.setdefault("padding", "same")
+    with pytest.raises(ValueError, match="DilatedConv2D supports"):
+        DilatedConv2D(4, 3, name="layer3_0_conv2", **kwargs)
+
+
+def test_dilated_conv_config_round_trip_and_vgg_use():
+    layer = DilatedConv2D(3, 3, padding="same", dilation_rate=4, name="fc6")
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(clone) is DilatedConv2D and clone.name == "fc6"
+    assert tuple(clone.dilation_rate) == (4, 4)
+    from advent_tf.models.vgg import build_vgg16
+
+    kinds = {layer.name: type(layer) for layer in build_vgg16(num_classes=3).layers}
+    assert kinds["conv4_3"] is keras.layers.Conv2D
+    assert kinds["conv5_1"] is kinds["fc6"] is DilatedConv2D

@@ -150,6 +150,73 @@ class PointwiseConv2D(keras.layers.Conv2D):
         return _pointwise_conv(inputs, tf.convert_to_tensor(kernel))
 
 
+def _recomputing_dilated_conv(x, kernel, rate):
+    """A dilated 'same' convolution that re-derives its padded input for the backward.
+
+    TensorFlow computes a dilated convolution as SpaceToBatchND -> Conv2D ->
+    BatchToSpaceND; the kernel gradient needs the Conv2D's input, a padded
+    copy of ``x``, so autodiff keeps that copy alive from the forward to the
+    backward. Here the backward builds the same three ops again from ``x``
+    (which the preceding ReLU's gradient keeps anyway) and differentiates
+    them with TensorFlow's own gradients: the same values, and the copy lives
+    only while this layer's gradient is computed (the re-built ops wait for
+    the upstream gradient). The re-built forward
+    Conv2D feeds nothing that is returned, so graph pruning drops it; what
+    runs again is one SpaceToBatchND per call.
+
+    Args:
+      x: [N, H, W, C] tensor.
+      kernel: [kh, kw, C, F] tensor of the same dtype.
+      rate: (rate_h, rate_w) dilation.
+
+    Returns:
+      [N, H, W, F].
+    """
+    def convolve(inputs, weights):
+        return tf.nn.convolution(inputs, weights, padding="SAME", dilations=rate)
+
+    @tf.custom_gradient
+    def conv(inputs, weights):
+        def grad(upstream):
+            # Without the dependency the executor would pad ``inputs`` as
+            # soon as they exist, in the forward pass, and keep the copy.
+            with tf.control_dependencies([upstream]), tf.GradientTape() as tape:
+                tape.watch([inputs, weights])
+                outputs = convolve(inputs, weights)
+            return tape.gradient(outputs, [inputs, weights], output_gradients=upstream)
+
+        return convolve(inputs, weights), grad
+
+    return conv(x, kernel)
+
+
+@keras.saving.register_keras_serializable(package="advent_tf")
+class DilatedConv2D(keras.layers.Conv2D):
+    """A dilated, stride-1, 'same' `keras.layers.Conv2D` that keeps less for its backward.
+
+    The same function, weights, names and config as the Conv2D (checkpoints
+    and the converter are unaffected); its gradient does not keep the padded
+    copy TensorFlow makes of the input (`_recomputing_dilated_conv`). At
+    640x360 + 512x256 that copy is ~127 MiB of a ResNet-101 MinEnt step's
+    peak (layer3/layer4's 26 dilated 3x3 convs).
+
+    Raises:
+      ValueError: Unless dilated, stride 1, 'same' padding, channels_last.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if (max(self.dilation_rate) == 1 or tuple(self.strides) != (1, 1)
+                or self.padding != "same" or self.data_format != "channels_last"):
+            raise ValueError(
+                "DilatedConv2D supports dilation > 1, stride 1, 'same' padding "
+                f"and channels_last only (layer {self.name!r}).")
+
+    def convolution_op(self, inputs, kernel):
+        return _recomputing_dilated_conv(
+            inputs, tf.convert_to_tensor(kernel), tuple(self.dilation_rate))
+
+
 def _shift(y, dy, dx):
     """``out[:, p, q] = y[:, p + dy, q + dx]``, zero where that is outside ``y``.
 
@@ -165,89 +232,146 @@ def _shift(y, dy, dx):
 
 
 @keras.saving.register_keras_serializable(package="advent_tf")
-class TapSumConv2D(keras.layers.Conv2D):
-    """A 3x3 dilated 'same' convolution computed as 9 shifted 1x1 convolutions.
+class ASPPBranch(keras.layers.Conv2D):
+    """The weights of one ASPP branch, a 3x3 dilated 'same' convolution that `ASPPSum` computes.
 
-    ``conv(x, k)[p] = sum_t x[p + d * t] @ k[t]`` over the 9 taps ``t``. All
-    nine ``x @ k[t]`` are one 1x1 convolution to ``9 * filters`` channels (a
-    single large matrix product); each tap's slice is then shifted by
-    ``d * t`` with zero fill and the slices are summed. That is the same
-    function as the convolution, summed in another order (about 3e-6
-    relative apart in float32).
-
-    Why: TensorFlow runs a dilated convolution on CPU through SpaceToBatchND,
-    which pads the map to a multiple of the dilation on both sides; at the
-    ASPP heads' dilations (6-24) on stride-8 maps most of the batched work is
-    padding, and with only ``num_classes`` output channels oneDNN's kernels
-    are far from peak. On the 33x65 maps of a 512x256 image this cuts one
-    ResNet-101 head's forward+backward from 95-210 ms to 28-43 ms per branch
-    (tools/benchmark.py measures the whole network). It does not pay for the
-    backbone's 256/512-channel dilated convs, whose 9x wider intermediate
-    costs more than it saves, so those stay `keras.layers.Conv2D`.
-
-    Same weights, names and config as `keras.layers.Conv2D`, so checkpoints
-    and the PyTorch converter are unaffected.
+    Same weights, names and config as `keras.layers.Conv2D` (checkpoints and
+    the PyTorch converter are unaffected), but calling it on the head's input
+    only builds it (the kernel's input channels come from that input) and
+    returns ``(kernel, bias)`` in the compute dtype: the head's four branches
+    are computed together by `ASPPSum`, which needs all four kernels at once.
 
     Raises:
-      ValueError: Unless kernel 3x3, stride 1, 'same' padding, channels_last.
+      ValueError: Unless kernel 3x3, stride 1, 'same' padding, bias, channels_last.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if (tuple(self.kernel_size) != (3, 3) or tuple(self.strides) != (1, 1)
-                or self.padding != "same" or self.data_format != "channels_last"):
+                or self.padding != "same" or not self.use_bias
+                or self.data_format != "channels_last"):
             raise ValueError(
-                "TapSumConv2D supports 3x3 kernels, stride 1, 'same' padding "
+                "ASPPBranch supports 3x3 kernels, stride 1, 'same' padding, a bias "
                 f"and channels_last only (layer {self.name!r}).")
 
-    def convolution_op(self, inputs, kernel):
-        in_channels = kernel.shape[2]
+    def call(self, inputs):
+        del inputs  # Only its channel count matters, and build() has used it.
+        return (keras.ops.convert_to_tensor(self.kernel),
+                keras.ops.convert_to_tensor(self.bias))
+
+    def compute_output_shape(self, input_shape):
+        return ((3, 3, input_shape[-1], self.filters), (self.filters,))
+
+
+@keras.saving.register_keras_serializable(package="advent_tf")
+class ASPPSum(keras.layers.Layer):
+    """The sum of an ASPP head's dilated 3x3 convolutions, as one matrix product.
+
+    ``conv(x, k)[p] = sum_t x[p + d * t] @ k[t]`` over the 9 taps ``t``. All
+    taps of all branches, ``x @ k_b[t]``, are one 1x1 convolution to
+    ``branches * 9 * filters`` channels; each tap's slice is then shifted by
+    ``d_b * t`` with zero fill, and each branch's nine slices are summed and
+    its bias added before the branches are summed. That is the same function
+    as the sum of the dilated convolutions, summed in another order (about
+    3e-6 relative apart in float32).
+
+    Why one product: the input gradient is then one tensor where separate
+    convolutions give one per branch, which all exist before TensorFlow adds
+    them (4 x 29 MiB for the main head at 640x360, at the very peak of a
+    training step's memory; PyTorch accumulates them). And why taps rather
+    than a dilated convolution: TensorFlow runs those on CPU through
+    SpaceToBatchND, which pads the map to a multiple of the dilation, mostly
+    padding at dilations 6-24 on stride-8 maps, with only ``num_classes``
+    output channels that oneDNN runs far from peak (on the 33x65 map of a
+    512x256 image one branch's forward+backward took 95-210 ms, its taps
+    28-43 ms). Not used for the backbone's 256/512-channel dilated convs,
+    whose 9x wider product costs more than it saves (`DilatedConv2D`).
+
+    Weightless; the sum and the output are float32 under any policy, so that
+    the logits leave the model in float32 and a mixed-precision policy rounds
+    once, as a convolution's float32 accumulator would.
+
+    Args:
+      rates: The branches' dilations, in the order of the ``(kernel, bias)``
+        pairs the layer is called with.
+      **kwargs: Passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, rates, **kwargs):
+        super().__init__(**kwargs)
+        self.rates = tuple(int(rate) for rate in rates)
+
+    def call(self, inputs, weights):
+        """Sums the branches.
+
+        Args:
+          inputs: [N, H, W, C] features.
+          weights: One ``(kernel [3, 3, C, F], bias [F])`` pair per rate, from `ASPPBranch`.
+
+        Returns:
+          [N, H, W, F] float32 logits.
+        """
+        if len(weights) != len(self.rates):
+            raise ValueError(f"{self.name}: {len(weights)} branches for rates {self.rates}.")
+        in_channels, filters = weights[0][0].shape[2], weights[0][0].shape[3]
         # [3, 3, C, F] -> [C, 3 * 3 * F]: column block t = (i, j) is k[i, j].
-        taps = tf.reshape(tf.transpose(kernel, [2, 0, 1, 3]),
-                          [1, 1, in_channels, 9 * self.filters])
-        maps = _pointwise_conv(inputs, taps)
-        # The 9-term sum runs in float32 so that a mixed-precision policy
-        # rounds once, as a convolution's float32 accumulator would.
-        maps = tf.cast(maps, tf.float32)
-        dy_rate, dx_rate = self.dilation_rate
-        # split (not nine slices): its gradient is one concat, where slices'
-        # would be nine zero-filled full-width StridedSliceGrads.
-        tap_maps = tf.split(maps, 9, axis=-1)
+        taps = [tf.reshape(tf.transpose(tf.cast(kernel, inputs.dtype), [2, 0, 1, 3]),
+                           [1, 1, in_channels, 9 * filters]) for kernel, _ in weights]
+        maps = tf.cast(_pointwise_conv(inputs, tf.concat(taps, axis=-1)), tf.float32)
+        # split (not slices): its gradient is one concat, where slices' would
+        # be zero-filled full-width StridedSliceGrads.
+        tap_maps = tf.split(maps, 9 * len(self.rates), axis=-1)
         total = None
-        for t, tap_map in enumerate(tap_maps):
-            i, j = divmod(t, 3)
-            shifted = _shift(tap_map, (i - 1) * dy_rate, (j - 1) * dx_rate)
-            total = shifted if total is None else total + shifted
-        return tf.cast(total, inputs.dtype)
+        for b, ((_, bias), rate) in enumerate(zip(weights, self.rates)):
+            branch = None
+            for t in range(9):
+                i, j = divmod(t, 3)
+                shifted = _shift(tap_maps[9 * b + t], (i - 1) * rate, (j - 1) * rate)
+                branch = shifted if branch is None else branch + shifted
+            # As a convolution layer would: its output, then the bias, in
+            # the compute dtype; the branches are summed in float32.
+            branch = tf.cast(branch, inputs.dtype) + tf.cast(bias, inputs.dtype)
+            branch = tf.cast(branch, tf.float32)
+            total = branch if total is None else total + branch
+        return total
+
+    def compute_output_spec(self, inputs, weights):
+        return keras.KerasTensor(inputs.shape[:-1] + (weights[0][0].shape[-1],), "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rates": list(self.rates)})
+        return config
 
 
 def aspp_classifier(x, num_classes, name, in_channels):
     """DeepLab-V2 ASPP classifier: the SUM of four dilated 3x3 convolutions.
 
     Mirrors the reference's ``ClassifierModule`` (dilation = padding in
-    6, 12, 18, 24; with stride 1, padding = dilation is exactly 'same'),
-    each computed by `TapSumConv2D`.
+    6, 12, 18, 24; with stride 1, padding = dilation is exactly 'same'): the
+    branches' weights are `ASPPBranch` layers, their sum is computed by
+    `ASPPSum`.
     Weights N(0, 0.01) as the reference sets them; biases keep PyTorch's
-    default init, which the reference does not override. The sum runs in
-    float32 so that logits leave the model in float32 under a mixed-precision
-    policy (softmax, log and entropy are then computed at full precision).
+    default init, which the reference does not override. The logits are
+    float32 under a mixed-precision policy (softmax, log and entropy are then
+    computed at full precision).
 
     Args:
       x: Feature tensor (NHWC).
       num_classes: Number of output channels.
-      name: Module name, e.g. ``"layer6"``; the convolutions are named
+      name: Module name, e.g. ``"layer6"``; the branches are named
         ``{name}_conv2d_list_{i}`` after the PyTorch keys and the sum ``{name}``.
       in_channels: Channels of ``x`` (the bias init needs the fan-in).
 
     Returns:
       Logits tensor with ``num_classes`` channels.
     """
-    branches = [
-        TapSumConv2D(
+    weights = [
+        ASPPBranch(
             num_classes, 3, padding="same", dilation_rate=rate, use_bias=True,
             kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
             bias_initializer=pytorch_default_bias_initializer(in_channels * 9),
             name=f"{name}_conv2d_list_{i}")(x)
         for i, rate in enumerate(ASPP_RATES)
     ]
-    return keras.layers.Add(name=name, dtype="float32")(branches)
+    return ASPPSum(ASPP_RATES, name=name)(x, weights)

@@ -18,7 +18,12 @@ Differences from a torchvision/Keras ResNet, all taken from the reference:
 import keras
 
 from advent_tf.models.batch_norm import BatchNorm
-from advent_tf.models.layers import CeilMaxPool2D, PointwiseConv2D, aspp_classifier
+from advent_tf.models.layers import (
+    CeilMaxPool2D,
+    DilatedConv2D,
+    PointwiseConv2D,
+    aspp_classifier,
+)
 
 RESNET_BLOCKS = {
     "resnet101": (3, 4, 23, 3),
@@ -43,10 +48,16 @@ def _conv(filters, kernel_size, name, strides=1, dilation_rate=1):
 
     'same' padding is exact here: the only 3x3 convs are stride 1 with
     padding = dilation, and the strided 1x1 convs need no padding at all.
-    Stride-1 1x1 convs are `PointwiseConv2D` (a faster kernel gradient).
+    Stride-1 1x1 convs are `PointwiseConv2D` (a faster kernel gradient), the
+    dilated 3x3 convs `DilatedConv2D` (less kept for the backward).
     """
-    pointwise = kernel_size == 1 and strides == 1
-    return (PointwiseConv2D if pointwise else keras.layers.Conv2D)(
+    if kernel_size == 1 and strides == 1:
+        layer = PointwiseConv2D
+    elif dilation_rate > 1:
+        layer = DilatedConv2D
+    else:
+        layer = keras.layers.Conv2D
+    return layer(
         filters, kernel_size, strides=strides, padding="same",
         dilation_rate=dilation_rate, use_bias=False,
         kernel_initializer=keras.initializers.RandomNormal(0.0, _CONV_INIT_STDDEV),

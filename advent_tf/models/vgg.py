@@ -35,6 +35,7 @@ import keras
 
 from advent_tf.models.layers import (
     CeilMaxPool2D,
+    DilatedConv2D,
     aspp_classifier,
     pytorch_default_bias_initializer,
     pytorch_default_kernel_initializer,
@@ -48,7 +49,8 @@ _FC_CHANNELS = 1024
 
 def _conv_relu(x, filters, kernel_size, name, in_channels, dilation_rate=1):
     """Conv (bias, PyTorch default init, 'same' == padding dilation) + ReLU."""
-    x = keras.layers.Conv2D(
+    layer = DilatedConv2D if dilation_rate > 1 else keras.layers.Conv2D
+    x = layer(
         filters, kernel_size, padding="same", dilation_rate=dilation_rate,
         use_bias=True,
         kernel_initializer=pytorch_default_kernel_initializer(),
