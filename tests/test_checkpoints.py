@@ -1,5 +1,6 @@
 """Restoring the newest readable checkpoint: damaged ones are set aside, mismatches refused."""
 
+import json
 import os
 
 import keras
@@ -139,3 +140,29 @@ def test_checkpoint_lacking_objects_of_this_run_is_refused(saved):
 
 def test_empty_directory_restores_nothing(tmp_path):
     assert _restore(str(tmp_path / "none"))[0] is None
+
+
+@pytest.mark.parametrize("name, backbone, multi_level", [
+    ("resnet_mini", "resnet_mini", True), ("resnet_mini_single", "resnet_mini", False),
+    ("vgg16", "vgg16", False)])
+def test_segmenter_checkpoint_keys_are_those_of_the_first_release(name, backbone, multi_level,
+                                                                    tmp_path):
+    """A checkpoint from an earlier version still restores into today's networks.
+
+    `tf.train.Checkpoint` keys a functional model's variables by the position
+    of their layer in the model's operations (weightless layers included), so
+    a change of layer count or order moves every weight after it to another
+    key: old checkpoints would then fail to restore, or load into the wrong
+    layers if the shapes agree. The keys and shapes were recorded from the
+    code at commit 4ac5532 (before the ASPP heads became `ASPPBranch` +
+    `ASPPSum` and the dilated convs `DilatedConv2D`).
+    """
+    from advent_tf.models import build_segmenter
+
+    with open(os.path.join(os.path.dirname(__file__), "data", "checkpoint_keys.json")) as f:
+        recorded = json.load(f)[name]
+    model = build_segmenter(backbone, num_classes=19, multi_level=multi_level)
+    path = tf.train.Checkpoint(segmenter=model).write(str(tmp_path / "ckpt"))
+    keys = [[key, shape] for key, shape in tf.train.list_variables(path)
+            if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert keys == recorded
