@@ -1,4 +1,4 @@
-"""Freed tensor memory goes back to the system, and the target pass waits for the source's."""
+"""Freed tensor memory goes back to the system; later passes of a step wait for earlier ones."""
 
 import subprocess
 import sys
@@ -57,3 +57,43 @@ def test_target_pass_starts_after_the_source_gradients():
     # The first ops of the second (target) call of the network wait for them.
     assert any(op.type == "Conv2D" or "conv1" in op.name for op in gated), [
         (op.type, op.name) for op in gated][:10]
+
+
+def test_discriminator_steps_start_after_the_segmenter_gradients():
+    """AdvEnt's traced step: D's pass on the detached source maps waits for F's backward.
+
+    Those maps exist right after the source forward; without the dependency
+    the executor runs D on them during F's passes and holds D's activations
+    and gradients on top of F's peak. "After F's backward" is checked as
+    depending on the gradient of the first conv's kernel in both of F's
+    passes, the last gradient each backward computes.
+    """
+    cfg = config_lib.from_values(dict(method="advent", backbone="resnet_mini", multi_level=True,
+                                      seed=1))
+    method = factory.build_method(cfg)
+    batch = {constants.SOURCE_IMAGE: tf.zeros([1, 32, 32, 3]),
+             constants.SOURCE_LABEL: tf.zeros([1, 32, 32], tf.int32),
+             constants.TARGET_IMAGE: tf.zeros([1, 32, 32, 3])}
+    graph = tf.function(method.train_step).get_concrete_function(batch).graph
+    stem_gradients = {op for op in graph.get_operations()
+                      if op.type == "Conv2DBackpropFilter" and "/conv1" in op.name}
+    assert len(stem_gradients) == 2  # source and target backward
+
+    def stem_gradients_before(op):
+        found, seen, stack = set(), set(), [op]
+        while stack:
+            current = stack.pop()
+            if current in stem_gradients:
+                found.add(current)
+            for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return found
+
+    steps = [op for op in graph.get_operations() if op.name.startswith("discriminator_step_")
+             and op.type in ("Conv2D", "ResizeBilinear")]
+    assert {op.name.split("/")[0] for op in steps} == {
+        "discriminator_step_aux", "discriminator_step_main"}
+    late = [op.name for op in steps if stem_gradients_before(op) != stem_gradients]
+    assert not late, late[:5]
