@@ -28,7 +28,8 @@ setuptools.setup(
     extras_require={
         # The checkpoint converter reads official .pth files; the CPU build is enough.
         "convert": ["torch>=2.1,<3"],
-        # cityscapesscripts: the label-table test checks our Cityscapes ids against it.
-        "test": ["pytest>=8", "torch>=2.1,<3", "cityscapesscripts>=2.2"],
+        # cityscapesscripts: the label-table test checks our Cityscapes ids against it;
+        # pytest-xdist runs the suite on two processes (pytest.ini).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch>=2.1,<3", "cityscapesscripts>=2.2"],
     },
 )
