@@ -8,6 +8,7 @@ import tensorflow as tf
 from advent_tf.core import constants
 from advent_tf.experiment import config as config_lib
 from advent_tf.experiment import factory
+import graph_helpers
 
 # Where glibc puts a 1 MiB block once a freed 8 MiB block has raised its
 # dynamic mmap threshold: in the heap by default (it stays resident when
@@ -43,15 +44,20 @@ def test_large_blocks_get_their_own_mapping():
     assert _placement("default") == "heap"  # What the setting changes.
 
 
-def test_target_pass_starts_after_the_source_gradients():
-    """MinEnt's traced step: the target forward carries control inputs on every source gradient."""
-    cfg = config_lib.from_values(dict(method="minent", backbone="resnet_mini", multi_level=True,
-                                      seed=1))
+def _traced_train_step(method_name):
+    """(method, graph of its traced train_step) for multi-level resnet_mini on 32x32 images."""
+    cfg = config_lib.from_values(dict(method=method_name, backbone="resnet_mini",
+                                      multi_level=True, seed=1))
     method = factory.build_method(cfg)
     batch = {constants.SOURCE_IMAGE: tf.zeros([1, 32, 32, 3]),
              constants.SOURCE_LABEL: tf.zeros([1, 32, 32], tf.int32),
              constants.TARGET_IMAGE: tf.zeros([1, 32, 32, 3])}
-    graph = tf.function(method.train_step).get_concrete_function(batch).graph
+    return method, tf.function(method.train_step).get_concrete_function(batch).graph
+
+
+def test_target_pass_starts_after_the_source_gradients():
+    """MinEnt's traced step: the target forward carries control inputs on every source gradient."""
+    method, graph = _traced_train_step("minent")
     num_grads = len(method.segmenter.trainable_variables)
     gated = [op for op in graph.get_operations() if len(op.control_inputs) >= num_grads]
     # The first ops of the second (target) call of the network wait for them.
@@ -68,32 +74,15 @@ def test_discriminator_steps_start_after_the_segmenter_gradients():
     depending on the gradient of the first conv's kernel in both of F's
     passes, the last gradient each backward computes.
     """
-    cfg = config_lib.from_values(dict(method="advent", backbone="resnet_mini", multi_level=True,
-                                      seed=1))
-    method = factory.build_method(cfg)
-    batch = {constants.SOURCE_IMAGE: tf.zeros([1, 32, 32, 3]),
-             constants.SOURCE_LABEL: tf.zeros([1, 32, 32], tf.int32),
-             constants.TARGET_IMAGE: tf.zeros([1, 32, 32, 3])}
-    graph = tf.function(method.train_step).get_concrete_function(batch).graph
+    _, graph = _traced_train_step("advent")
     stem_gradients = {op for op in graph.get_operations()
                       if op.type == "Conv2DBackpropFilter" and "/conv1" in op.name}
     assert len(stem_gradients) == 2  # source and target backward
-
-    def stem_gradients_before(op):
-        found, seen, stack = set(), set(), [op]
-        while stack:
-            current = stack.pop()
-            if current in stem_gradients:
-                found.add(current)
-            for parent in [t.op for t in current.inputs] + list(current.control_inputs):
-                if parent not in seen:
-                    seen.add(parent)
-                    stack.append(parent)
-        return found
 
     steps = [op for op in graph.get_operations() if op.name.startswith("discriminator_step_")
              and op.type in ("Conv2D", "ResizeBilinear")]
     assert {op.name.split("/")[0] for op in steps} == {
         "discriminator_step_aux", "discriminator_step_main"}
-    late = [op.name for op in steps if stem_gradients_before(op) != stem_gradients]
+    late = [op.name for op in steps
+            if not stem_gradients <= graph_helpers.ancestors(op)]
     assert not late, late[:5]

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from advent_tf.models import layers as layers_lib
+import graph_helpers
 from advent_tf.models.layers import ASPPBranch, ASPPSum, DilatedConv2D, PointwiseConv2D
 
 
@@ -260,22 +261,10 @@ def test_dilated_conv_backward_pads_only_after_the_upstream_gradient():
     graph = step.get_concrete_function(tf.TensorSpec([1, 12, 12, 3])).graph
     upstream = graph.get_operation_by_name("the_upstream_gradient")
 
-    def after_upstream(op):
-        seen, stack = set(), [op]
-        while stack:
-            current = stack.pop()
-            if current is upstream:
-                return True
-            for parent in [t.op for t in current.inputs] + list(current.control_inputs):
-                if parent not in seen:
-                    seen.add(parent)
-                    stack.append(parent)
-        return False
-
     filter_inputs = [op.inputs[0].op for op in graph.get_operations()
                      if op.type == "Conv2DBackpropFilter"]
     assert [op.type for op in filter_inputs] == ["SpaceToBatchND"]
-    assert all(after_upstream(op) for op in filter_inputs)
+    assert all(upstream in graph_helpers.ancestors(op) for op in filter_inputs)
 
 
 @pytest.mark.parametrize("kwargs", [

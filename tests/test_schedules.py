@@ -14,6 +14,7 @@ import tensorflow as tf
 from advent_tf.core import optimizers
 from advent_tf.core import schedules
 
+import graph_helpers
 import two_cpus
 
 
@@ -140,16 +141,7 @@ def test_update_reads_weights_and_slots_only_after_the_gradient(name):
     gradient = graph.get_operation_by_name("the_gradient")
 
     def after_gradient(op):
-        seen, stack = set(), [op]
-        while stack:
-            current = stack.pop()
-            if current is gradient:
-                return True
-            for parent in [t.op for t in current.inputs] + list(current.control_inputs):
-                if parent not in seen:
-                    seen.add(parent)
-                    stack.append(parent)
-        return False
+        return gradient in graph_helpers.ancestors(op)
 
     reads = [op for op in graph.get_operations() if op.type == "ReadVariableOp"
              and op.inputs[0].op in handles]
