@@ -57,6 +57,7 @@ input gradient, 2x) and the discriminator update on the source and target
 maps (3x each). Inference counts one forward pass.
 """
 
+import contextlib
 import gc
 import json
 import os
@@ -362,7 +363,6 @@ def measure(kind, jit, config):
       jit_applied (what Keras actually used), gflop, peak_memory_bytes and
       memory_kind (the report adds gflop_per_s and the ratios).
     """
-    import keras
     import tensorflow as tf
 
     from advent_tf.core import host_memory
@@ -372,15 +372,32 @@ def measure(kind, jit, config):
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     if on_gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
-    keras.mixed_precision.set_global_policy(config["mixed_precision"])
-    try:
+    with _policy(config):
         call, jit_applied, gflop = _our_call(kind, jit, config)
         timing = _time_calls(call, config["warmup"], config["iterations"])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     peak, memory_kind = _peak_memory(on_gpu)
     return {**timing, "jit_applied": jit_applied, "gflop": gflop,
             "peak_memory_bytes": peak, "memory_kind": memory_kind}
+
+
+@contextlib.contextmanager
+def _policy(config):
+    """Keras' global dtype policy set to the configured one, float32 again on exit."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(config["mixed_precision"])
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _warmed_call(kind, jit, config):
+    """`_our_call`'s call, already run the warm-up count of times (at least once)."""
+    call, _, _ = _our_call(kind, jit, config)
+    for _ in range(max(config["warmup"], 1)):
+        call()
+    return call
 
 
 def _our_call(kind, jit, config):
@@ -428,20 +445,14 @@ def measure_tensors(kind, jit, config):
     Returns:
       dict: tensor_peak_bytes.
     """
-    import keras
     import tensorflow as tf
 
     if os.environ.get(BFC_VARIABLE) != "true":
         raise RuntimeError(f"measure_tensors needs {BFC_VARIABLE}=true from the process start")
-    keras.mixed_precision.set_global_policy(config["mixed_precision"])
-    try:
-        call, _, _ = _our_call(kind, jit, config)
-        for _ in range(max(config["warmup"], 1)):
-            call()
+    with _policy(config):
+        call = _warmed_call(kind, jit, config)
         tf.config.experimental.reset_memory_stats("CPU:0")
         call()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     return {"tensor_peak_bytes": int(tf.config.experimental.get_memory_info("CPU:0")["peak"])}
 
 
@@ -479,16 +490,12 @@ def measure_profile(kind, jit, config):
     import glob
     import tempfile
 
-    import keras
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    keras.mixed_precision.set_global_policy(config["mixed_precision"])
-    try:
-        call, _, _ = _our_call(kind, jit, config)
-        for _ in range(max(config["warmup"], 1)):
-            call()
+    with _policy(config):
+        call = _warmed_call(kind, jit, config)
         with tempfile.TemporaryDirectory() as logdir:
             tf.profiler.experimental.start(logdir)
             start = time.perf_counter()
@@ -499,8 +506,6 @@ def measure_profile(kind, jit, config):
             with open(glob.glob(os.path.join(logdir, "plugins", "profile", "*",
                                              "*.xplane.pb"))[0], "rb") as f:
                 space.ParseFromString(f.read())
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     seconds_by_op = {}
     for plane in space.planes:
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
