@@ -77,7 +77,7 @@ def test_aspp_product_and_its_gradients_are_three_matrix_products():
     before TensorFlow adds them: for the main head at 640x360, 4 x 29 MiB at
     the peak of a training step's memory. A 1x1 convolution instead of the
     matrix product would make oneDNN allocate two more input-sized buffers
-    in the backward (2 x 113 MiB for the main head at 1280x720).
+    in the backward (2 x 114 MiB for the main head at 1280x720).
     """
     aspp, _, weights, _ = _heads((6, 12, 18, 24), 8)
 

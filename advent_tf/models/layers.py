@@ -224,7 +224,7 @@ def _channel_matmul(x, matrix):
     two gradients (also MatMuls) work on ``x`` in place through a free
     reshape, where oneDNN's convolution gradients on CPU allocate two
     buffers the size of ``x`` (the input-gradient kernel's and the
-    weight-gradient kernel's reordered input): 2 x 113 MiB for the main
+    weight-gradient kernel's reordered input): 2 x 114 MiB for the main
     ASPP head at 1280x720, at the peak of a full-resolution training step.
 
     Args:
@@ -296,9 +296,9 @@ class ASPPSum(keras.layers.Layer):
     channels (`_channel_matmul`) to ``branches * 9 * filters`` channels; each
     tap's slice is then shifted by ``d_b * t`` with zero fill, and each
     branch's nine slices are summed and its bias added before the branches
-    are summed. That is the same function
-    as the sum of the dilated convolutions, summed in another order (about
-    3e-6 relative apart in float32).
+    are summed. That is the same function as the sum of the dilated
+    convolutions, summed in another order (about 3e-6 relative apart in
+    float32).
 
     Why one product: the input gradient is then one tensor where separate
     convolutions give one per branch, which all exist before TensorFlow adds
