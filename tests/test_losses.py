@@ -41,6 +41,9 @@ def test_segmentation_loss_and_gradient(ref):
     value, grad = _value_and_grad(lambda t: losses.segmentation_loss(t, labels), logits)
     np.testing.assert_allclose(value, ref["f_seg_loss"], rtol=1e-5)
     _assert_grad_close(grad, _nhwc(ref["f_seg_grad_logits_lowres"]))
+    # The loss's weight in a sum (0.1 for the aux head) scales the gradient.
+    _, grad = _value_and_grad(lambda t: -0.1 * losses.segmentation_loss(t, labels), logits)
+    _assert_grad_close(grad, -0.1 * _nhwc(ref["f_seg_grad_logits_lowres"]))
 
 
 def test_segmentation_loss_all_ignored_is_zero():
@@ -51,11 +54,35 @@ def test_segmentation_loss_all_ignored_is_zero():
     assert np.all(grad == 0.0)
 
 
+def test_segmentation_loss_backward_keeps_nothing_label_sized():
+    # At full resolution the training step peaks while the source losses wait
+    # for their backward pass: what a loss keeps for it must be low-resolution.
+    logits_size, label_size = [1, 9, 17, 19], [1, 65, 129]
+
+    @tf.function
+    def gradient(logits, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = losses.segmentation_loss(logits, labels)
+        return tape.gradient(loss, logits)
+
+    graph = gradient.get_concrete_function(
+        tf.TensorSpec(logits_size, tf.float32), tf.TensorSpec(label_size, tf.int32)).graph
+    calls = [op for op in graph.get_operations()
+             if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+    assert calls
+    kept = {t.name: t.shape for op in calls for t in op.outputs}
+    assert all(shape.num_elements() <= np.prod(logits_size) for shape in kept.values()), kept
+
+
 def test_segmentation_loss_casts_half_precision(ref):
     logits = _nhwc(ref["f_seg_logits_lowres"]).astype(np.float16)
-    value = losses.segmentation_loss(logits, ref["f_seg_labels"])
-    assert value.dtype == tf.float32
-    np.testing.assert_allclose(value.numpy(), ref["f_seg_loss"], rtol=1e-3)
+    value, grad = _value_and_grad(
+        lambda t: losses.segmentation_loss(t, ref["f_seg_labels"]), logits)
+    assert value.dtype == np.float32 and grad.dtype == np.float16
+    np.testing.assert_allclose(value, ref["f_seg_loss"], rtol=1e-3)
+    expected = _nhwc(ref["f_seg_grad_logits_lowres"])
+    np.testing.assert_allclose(grad, expected, rtol=1e-2, atol=1e-3 * np.abs(expected).max())
 
 
 def test_entropy_map(ref):

@@ -30,7 +30,6 @@ TARGET_DOMAIN_LABEL = 1.0
 _LOG_EPS = 1e-30
 
 
-@xla.compiled
 def segmentation_loss(logits, labels):
     """Source cross-entropy L_seg of the supervised term (paper eq. 1).
 
@@ -42,6 +41,13 @@ def segmentation_loss(logits, labels):
     reference returns NaN there (mean over an empty set), which would poison the
     weights of a real run.
 
+    The gradient with respect to the low-resolution logits is computed in the
+    same XLA cluster as the loss and is all the backward pass keeps: autodiff
+    of the compiled loss would keep the label-sized residuals (the upsampled
+    logits and their softmax, 67 MiB each at 1280x720 with 19 classes) alive
+    from the loss to the backward pass, and at full resolution the training
+    step's memory peak is reached while the two source losses hold them.
+
     Args:
       logits: [B, h, w, C] low-resolution logits.
       labels: [B, H, W] integer train ids, `constants.IGNORE_LABEL` = ignore.
@@ -49,9 +55,33 @@ def segmentation_loss(logits, labels):
     Returns:
       Scalar float32 loss.
     """
+    @tf.custom_gradient
+    def loss_of(logits):
+        loss, gradient = _cross_entropy_and_gradient(logits, labels)
+
+        def backward(upstream):
+            return tf.cast(upstream * gradient, logits.dtype)
+
+        return loss, backward
+
+    return loss_of(logits)
+
+
+@xla.compiled
+def _cross_entropy_and_gradient(logits, labels):
+    """`_cross_entropy` and its float32 gradient w.r.t. `logits`, in one cluster."""
+    logits = tf.cast(logits, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = _cross_entropy(logits, labels)
+    return loss, tape.gradient(loss, logits)
+
+
+def _cross_entropy(logits, labels):
+    """The masked mean cross-entropy of `segmentation_loss`, autodiff-able."""
     labels = tf.cast(labels, tf.int32)
     size = (tf.shape(labels)[1], tf.shape(labels)[2])
-    logits = ops.resize_bilinear_align_corners(tf.cast(logits, tf.float32), size)
+    logits = ops.resize_bilinear_align_corners(logits, size)
     valid = tf.not_equal(labels, constants.IGNORE_LABEL)
     # Ignored pixels get class 0 so the op sees a valid id; their loss is masked out.
     safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
