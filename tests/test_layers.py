@@ -240,6 +240,16 @@ def test_dilated_conv_equals_keras_conv_and_its_gradients(rate, shape, policy, u
         np.testing.assert_array_equal(g, w)
 
 
+def test_dilated_conv_forward_is_one_native_dilated_conv():
+    # SpaceToBatchND and its padding cost inference at 1024x512 ~6% on CPU.
+    layer = DilatedConv2D(4, 3, padding="same", dilation_rate=(2, 3), use_bias=False)
+    layer.build((1, 12, 12, 3))
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec([1, 12, 12, 3])).graph
+    convs = [op for op in graph.get_operations() if op.type.startswith(("Conv", "SpaceTo"))]
+    assert [op.type for op in convs] == ["Conv2D"]
+    assert list(convs[0].get_attr("dilations")) == [1, 2, 3, 1]
+
+
 def test_dilated_conv_backward_pads_only_after_the_upstream_gradient():
     """Nothing the kernel gradient reads is made before the gradient reaches the layer.
 

@@ -6,7 +6,7 @@ like the reference, callers upsample them to the input size with
 self-information maps) and before the discriminator; `segmentation_loss` does
 that upsampling itself because it needs the label size anyway.
 
-Every function is compiled with XLA (`xla.compiled`: inlined into an
+Every function computes with XLA (`xla.compiled`: inlined into an
 enclosing XLA-compiled train step) and casts its inputs to float32 first, so
 that mixed-precision (float16/bfloat16) activations give the same losses as the
 reference's float32 ones.

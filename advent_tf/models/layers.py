@@ -153,16 +153,20 @@ class PointwiseConv2D(keras.layers.Conv2D):
 def _recomputing_dilated_conv(x, kernel, rate):
     """A dilated 'same' convolution that re-derives its padded input for the backward.
 
-    TensorFlow computes a dilated convolution as SpaceToBatchND -> Conv2D ->
-    BatchToSpaceND; the kernel gradient needs the Conv2D's input, a padded
-    copy of ``x``, so autodiff keeps that copy alive from the forward to the
-    backward. Here the backward builds the same three ops again from ``x``
-    (which the preceding ReLU's gradient keeps anyway) and differentiates
-    them with TensorFlow's own gradients: the same values, and the copy lives
-    only while this layer's gradient is computed (the re-built ops wait for
-    the upstream gradient). The re-built forward
-    Conv2D feeds nothing that is returned, so graph pruning drops it; what
-    runs again is one SpaceToBatchND per call.
+    The forward pass is one native dilated Conv2D. Its gradients cannot be:
+    TensorFlow 2.21's CPU `Conv2DBackpropInput` rejects dilations, so the
+    backward computes the convolution the way `tf.nn.convolution` does,
+    SpaceToBatchND -> Conv2D -> BatchToSpaceND, and differentiates that with
+    TensorFlow's own gradients. The kernel gradient needs that Conv2D's
+    input, a padded copy of ``x``; autodiff of `tf.nn.convolution` would keep
+    the copy alive from the forward to the backward, here it is built from
+    ``x`` (which the preceding ReLU's gradient keeps anyway) and lives only
+    while this layer's gradient is computed (the re-built ops wait for the
+    upstream gradient). The re-built forward Conv2D feeds nothing that is
+    returned, so graph pruning drops it; what runs again is one
+    SpaceToBatchND per call. The native forward skips the layout ops and the
+    padding to a multiple of the dilation (on CPU, inference at 1024x512 spent
+    0.24 s of 6.1 in them); both forms are the same function.
 
     Args:
       x: [N, H, W, C] tensor.
@@ -172,9 +176,6 @@ def _recomputing_dilated_conv(x, kernel, rate):
     Returns:
       [N, H, W, F].
     """
-    def convolve(inputs, weights):
-        return tf.nn.convolution(inputs, weights, padding="SAME", dilations=rate)
-
     @tf.custom_gradient
     def conv(inputs, weights):
         def grad(upstream):
@@ -182,10 +183,10 @@ def _recomputing_dilated_conv(x, kernel, rate):
             # soon as they exist, in the forward pass, and keep the copy.
             with tf.control_dependencies([upstream]), tf.GradientTape() as tape:
                 tape.watch([inputs, weights])
-                outputs = convolve(inputs, weights)
+                outputs = tf.nn.convolution(inputs, weights, padding="SAME", dilations=rate)
             return tape.gradient(outputs, [inputs, weights], output_gradients=upstream)
 
-        return convolve(inputs, weights), grad
+        return tf.nn.conv2d(inputs, weights, strides=1, padding="SAME", dilations=rate), grad
 
     return conv(x, kernel)
 
