@@ -5,6 +5,9 @@ checked here is the compiled one.
 """
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -52,6 +55,57 @@ def test_segmentation_loss_all_ignored_is_zero():
     value, grad = _value_and_grad(lambda t: losses.segmentation_loss(t, labels), logits)
     assert value == 0.0
     assert np.all(grad == 0.0)
+
+
+def _plain_segmentation_loss(logits, labels):
+    """Eq. 1 written directly, for autodiff: the upsampled map at once."""
+    up = ops.resize_bilinear_align_corners(logits, labels.shape[1:3])
+    valid = tf.not_equal(labels, 255)
+    pixel_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.where(valid, labels, 0), logits=up)
+    valid = tf.cast(valid, tf.float32)
+    return tf.reduce_sum(pixel_loss * valid) / tf.reduce_sum(valid)
+
+
+@pytest.mark.parametrize("logits_shape, label_size", [
+    ((2, 9, 17, 19), (65, 129)),  # label rows not a multiple of the block
+    ((1, 3, 4, 5), (17, 25)),  # fewer label rows than one block
+    ((1, 5, 6, 3), (5, 6)),  # no upsampling
+    ((1, 12, 21, 19), (96, 161)),  # whole blocks
+])
+def test_segmentation_loss_blocks_equal_the_whole_map(logits_shape, label_size):
+    rng = np.random.default_rng(0)
+    logits = (3 * rng.normal(size=logits_shape)).astype(np.float32)
+    labels = rng.integers(0, logits_shape[-1], size=(logits_shape[0], *label_size))
+    labels[:, : label_size[0] // 3] = 255
+    labels = tf.constant(labels, tf.int32)
+    value, grad = _value_and_grad(lambda t: losses.segmentation_loss(t, labels), logits)
+    want_value, want_grad = _value_and_grad(lambda t: _plain_segmentation_loss(t, labels), logits)
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-6 * np.abs(want_grad).max())
+
+
+_LOSS_MEMORY_SCRIPT = """
+import numpy as np, tensorflow as tf
+from advent_tf.core import losses
+logits = tf.zeros([1, 46, 81, 19])
+labels = tf.constant(np.random.default_rng(0).integers(0, 19, (1, 360, 640)), tf.int32)
+losses._cross_entropy_and_gradient(logits, labels)
+resting = tf.config.experimental.get_memory_info("CPU:0")["current"]
+tf.config.experimental.reset_memory_stats("CPU:0")
+losses._cross_entropy_and_gradient(logits, labels)[1].numpy()
+print(tf.config.experimental.get_memory_info("CPU:0")["peak"] - resting)
+"""
+
+
+def test_segmentation_loss_holds_at_most_about_one_label_sized_map():
+    # XLA's compiled loss and gradient of the whole map held 5.4 maps of
+    # upsampled logits (361 MiB at 1280x720) at a full-resolution step's peak.
+    env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true", TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", _LOSS_MEMORY_SCRIPT], env=env,
+                         capture_output=True, text=True, check=True)
+    label_map_bytes = 360 * 640 * 19 * 4
+    assert int(out.stdout.split()[-1]) < 1.5 * label_map_bytes, out.stdout
 
 
 def test_segmentation_loss_backward_keeps_nothing_label_sized():

@@ -10,7 +10,7 @@ interpolation is written out here.
 import tensorflow as tf
 
 
-def _linear_taps(in_size, out_size):
+def linear_taps(in_size, out_size):
     """Source indices and weights of 1-D linear interpolation, align_corners=True.
 
     Follows PyTorch's `upsample_bilinear2d` index computation: the source
@@ -39,9 +39,9 @@ def _linear_taps(in_size, out_size):
     return i0, i1, w1
 
 
-def _lerp_along(x, axis, in_size, out_size):
+def lerp_along(x, axis, in_size, out_size):
     """Linearly resamples `x` along one spatial axis (align_corners=True)."""
-    i0, i1, w1 = _linear_taps(in_size, out_size)
+    i0, i1, w1 = linear_taps(in_size, out_size)
     shape = [1, 1, 1, 1]
     shape[axis] = -1
     w1 = tf.reshape(tf.cast(w1, x.dtype), shape)
@@ -69,5 +69,5 @@ def resize_bilinear_align_corners(x, size):
     x = tf.convert_to_tensor(x)
     in_shape = tf.shape(x)
     height, width = size[0], size[1]
-    x = _lerp_along(x, 2, in_shape[2], width)
-    return _lerp_along(x, 1, in_shape[1], height)
+    x = lerp_along(x, 2, in_shape[2], width)
+    return lerp_along(x, 1, in_shape[1], height)
