@@ -305,7 +305,7 @@ class ASPPSum(keras.layers.Layer):
     convolutions give one per branch, which all exist before TensorFlow adds
     them (4 x 29 MiB for the main head at 640x360, at the very peak of a
     training step's memory; PyTorch accumulates them). And why taps rather
-    than a dilated convolution: TensorFlow runs those on CPU through
+    than a dilated convolution: TensorFlow runs their gradients on CPU through
     SpaceToBatchND, which pads the map to a multiple of the dilation, mostly
     padding at dilations 6-24 on stride-8 maps, with only ``num_classes``
     output channels that oneDNN runs far from peak (on the 33x65 map of a
