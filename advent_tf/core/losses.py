@@ -85,9 +85,8 @@ def _cross_entropy_and_gradient(logits, labels):
     softmax and its gradient) exist for `_ROWS_PER_BLOCK` label rows at a
     time: XLA's compiled forward-and-gradient of the whole map allocated 361
     MiB of temporaries at 1280x720 (257 MiB hand-written), at the training
-    step's memory peak. The gradient goes back through the upsampling as
-    sums over its taps (`tf.math.unsorted_segment_sum`, exact float32 on
-    every device, where a matrix product would run in TF32 on recent GPUs).
+    step's memory peak. The gradient goes back through the upsampling by
+    `ops.lerp_taps_adjoint`.
 
     Args:
       logits: [B, h, w, C] low-resolution logits.
@@ -113,10 +112,9 @@ def _cross_entropy_and_gradient(logits, labels):
 
     def block(index, loss_sum, wide_gradient):
         rows = index * _ROWS_PER_BLOCK + tf.range(_ROWS_PER_BLOCK)
-        r0, r1, w1 = (tf.gather(t, rows) for t in (row0, row1, weight1))
-        w1 = tf.reshape(w1, [1, -1, 1, 1])
+        taps = [tf.gather(t, rows) for t in (row0, row1, weight1)]
         # The height pass of `ops.lerp_along`, for these rows: the same values.
-        upsampled = (1.0 - w1) * tf.gather(wide, r0, axis=1) + w1 * tf.gather(wide, r1, axis=1)
+        upsampled = ops.lerp_taps(wide, 1, *taps)
         block_labels = tf.gather(labels, rows, axis=1)
         block_valid = tf.not_equal(block_labels, constants.IGNORE_LABEL)
         # Ignored pixels get class 0 so the op sees a valid id; they are masked out.
@@ -129,7 +127,7 @@ def _cross_entropy_and_gradient(logits, labels):
         pixel_loss = tf.reshape(pixel_loss, tf.shape(block_valid))
         loss_sum += tf.reduce_sum(pixel_loss * block_valid)
         pixel_gradient *= tf.math.divide_no_nan(block_valid, num_valid)[..., None]
-        wide_gradient += _lerp_adjoint(pixel_gradient, 1, r0, r1, w1, low_height)
+        wide_gradient += ops.lerp_taps_adjoint(pixel_gradient, 1, *taps, low_height)
         return index + 1, loss_sum, wide_gradient
 
     # A bound on the iterations lets XLA compile the loop inside a step that a
@@ -137,33 +135,9 @@ def _cross_entropy_and_gradient(logits, labels):
     _, loss_sum, wide_gradient = tf.while_loop(
         lambda index, *_: index < num_blocks, block,
         (tf.constant(0), tf.constant(0.0), tf.zeros_like(wide)), maximum_iterations=num_blocks)
-    row0, row1, weight1 = ops.linear_taps(low_width, width)
-    gradient = _lerp_adjoint(wide_gradient, 2, row0, row1,
-                             tf.reshape(weight1, [1, 1, -1, 1]), low_width)
+    gradient = ops.lerp_taps_adjoint(
+        wide_gradient, 2, *ops.linear_taps(low_width, width), low_width)
     return tf.math.divide_no_nan(loss_sum, num_valid), gradient
-
-
-def _lerp_adjoint(gradient, axis, index0, index1, weight1, in_size):
-    """The gradient of `ops.lerp_along` w.r.t. its input, from that of its output.
-
-    Args:
-      gradient: gradient of the resampled map.
-      axis: the resampled axis (1 or 2).
-      index0, index1: the taps of each output position along `axis`.
-      weight1: the second tap's weights, shaped to broadcast along `axis`.
-      in_size: the input's length along `axis`.
-
-    Returns:
-      The input's gradient: each output's gradient, times each tap's weight,
-      summed into the tap's input position.
-    """
-    def scatter(weighted, index):
-        # unsorted_segment_sum sums along the leading axis.
-        moved = tf.experimental.numpy.moveaxis(weighted, axis, 0)
-        summed = tf.math.unsorted_segment_sum(moved, index, in_size)
-        return tf.experimental.numpy.moveaxis(summed, 0, axis)
-
-    return scatter((1.0 - weight1) * gradient, index0) + scatter(weight1 * gradient, index1)
 
 
 @xla.compiled

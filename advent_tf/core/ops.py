@@ -39,13 +39,49 @@ def linear_taps(in_size, out_size):
     return i0, i1, w1
 
 
-def lerp_along(x, axis, in_size, out_size):
-    """Linearly resamples `x` along one spatial axis (align_corners=True)."""
-    i0, i1, w1 = linear_taps(in_size, out_size)
+def _along(weights, axis, dtype):
+    """[n] tap weights shaped to broadcast along `axis` of an NHWC map."""
     shape = [1, 1, 1, 1]
     shape[axis] = -1
-    w1 = tf.reshape(tf.cast(w1, x.dtype), shape)
+    return tf.reshape(tf.cast(weights, dtype), shape)
+
+
+def lerp_taps(x, axis, i0, i1, w1):
+    """Interpolates `x` along `axis` between the taps of `linear_taps` (or a subset of them)."""
+    w1 = _along(w1, axis, x.dtype)
     return (1.0 - w1) * tf.gather(x, i0, axis=axis) + w1 * tf.gather(x, i1, axis=axis)
+
+
+def lerp_taps_adjoint(gradient, axis, i0, i1, w1, in_size):
+    """The gradient of `lerp_taps` w.r.t. its input `x`, from that of its output.
+
+    Each output's gradient, times each tap's weight, summed into the tap's
+    input position (`tf.math.unsorted_segment_sum`: exact float32 on every
+    device, where a matrix product would run in TF32 on recent GPUs).
+
+    Args:
+      gradient: gradient of the interpolated map.
+      axis: the interpolated axis.
+      i0, i1, w1: the taps `lerp_taps` was given.
+      in_size: the length of `x` along `axis`.
+
+    Returns:
+      The gradient of `x`, of its shape.
+    """
+    w1 = _along(w1, axis, gradient.dtype)
+
+    def scatter(weighted, index):
+        # unsorted_segment_sum sums along the leading axis.
+        moved = tf.experimental.numpy.moveaxis(weighted, axis, 0)
+        summed = tf.math.unsorted_segment_sum(moved, index, in_size)
+        return tf.experimental.numpy.moveaxis(summed, 0, axis)
+
+    return scatter((1.0 - w1) * gradient, i0) + scatter(w1 * gradient, i1)
+
+
+def lerp_along(x, axis, in_size, out_size):
+    """Linearly resamples `x` along one spatial axis (align_corners=True)."""
+    return lerp_taps(x, axis, *linear_taps(in_size, out_size))
 
 
 def resize_bilinear_align_corners(x, size):
