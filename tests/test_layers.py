@@ -300,3 +300,52 @@ def test_dilated_conv_config_round_trip_and_vgg_use():
     kinds = {layer.name: type(layer) for layer in build_vgg16(num_classes=3).layers}
     assert kinds["conv4_3"] is keras.layers.Conv2D
     assert kinds["conv5_1"] is kinds["fc6"] is DilatedConv2D
+
+
+def _ceil_pool_by_autodiff(x, strides):
+    """The stem pool as PyTorch computes it: -inf padding, ceil mode, plain autodiff."""
+    rows, cols = (-(-(n - 1) // strides) + 1 for n in x.shape[1:3])
+    padded = tf.pad(x, [[0, 0], [1, (rows - 1) * strides + 2 - x.shape[1]],
+                        [1, (cols - 1) * strides + 2 - x.shape[2]], [0, 0]],
+                    constant_values=-np.inf)
+    return tf.nn.max_pool2d(padded, ksize=3, strides=strides, padding="VALID")
+
+
+@pytest.mark.parametrize("strides, shape", [
+    (2, (1, 360, 640, 2)),  # ResNet's stem at full resolution: 181x321, ceil
+    (2, (2, 7, 10, 3)),
+    (1, (1, 9, 8, 4)),  # VGG's pool4/pool5
+])
+def test_ceil_max_pool_equals_pytorchs_pool_and_its_gradient(strides, shape):
+    # On post-ReLU input (as every caller pools) with distinct positive
+    # values, so that no tie decides where a gradient goes.
+    x = tf.constant(np.random.default_rng(1).permutation(np.prod(shape)).reshape(shape) + 1.0,
+                    tf.float32)
+    pool = layers_lib.CeilMaxPool2D(strides=strides)
+    got, want = [_output_and_gradients(fn, x, [])
+                 for fn in (pool, lambda t: _ceil_pool_by_autodiff(t, strides))]
+    assert got[0].shape == want[0].shape
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_ceil_max_pool_backward_pads_only_after_the_upstream_gradient():
+    # The padded copy the pool's gradient reads is 57 MiB at ResNet's stem
+    # at 1280x720; kept from the forward pass it lives through the backward.
+    pool = layers_lib.CeilMaxPool2D(strides=2)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = pool(tf.nn.relu(x))
+        upstream = tf.identity(2.0 * y, name="the_upstream_gradient")
+        return tape.gradient(y, x, output_gradients=upstream)
+
+    graph = step.get_concrete_function(tf.TensorSpec([1, 9, 12, 3])).graph
+    upstream = graph.get_operation_by_name("the_upstream_gradient")
+    pool_grads = [op for op in graph.get_operations() if op.type == "MaxPoolGrad"]
+    assert len(pool_grads) == 1
+    padded = pool_grads[0].inputs[0].op
+    assert padded.type == "Pad"
+    assert upstream in graph_helpers.ancestors(padded)

@@ -8,6 +8,42 @@ import tensorflow as tf
 ASPP_RATES = (6, 12, 18, 24)
 
 
+def replayed_in_backward(forward, replay, *tensors):
+    """``forward(*tensors)``, whose gradient differentiates ``replay(*tensors)`` instead.
+
+    Autodiff keeps, from the forward to the backward pass, every tensor that
+    an op's gradient reads: for a convolution or a pooling of a padded copy
+    of ``x``, the copy, besides ``x`` itself, which the preceding ReLU's
+    gradient keeps anyway. Here the gradient re-runs ``replay`` (the same
+    function, possibly computed another way) on the inputs once the upstream
+    gradient exists and differentiates that, so such copies live only while
+    this gradient is computed. Without the dependency on the upstream
+    gradient the executor would run the replayed ops as soon as their inputs
+    exist, in the forward pass, and keep their outputs all the same. Replayed
+    ops whose outputs the gradient does not read (a convolution's output)
+    are pruned with the rest of the graph.
+
+    Args:
+      forward: Function of ``tensors`` returning one tensor.
+      replay: The same function; its TensorFlow gradients are this op's.
+      *tensors: Its inputs (tensors, not variables).
+
+    Returns:
+      ``forward(*tensors)``.
+    """
+    @tf.custom_gradient
+    def op(*inputs):
+        def grad(upstream):
+            with tf.control_dependencies([upstream]), tf.GradientTape() as tape:
+                tape.watch(inputs)
+                outputs = replay(*inputs)
+            return tape.gradient(outputs, list(inputs), output_gradients=upstream)
+
+        return forward(*inputs), grad
+
+    return op(*tensors)
+
+
 def pytorch_default_bias_initializer(fan_in):
     """PyTorch's default Conv2d bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
@@ -36,7 +72,10 @@ class CeilMaxPool2D(keras.layers.Layer):
     formula needs, computed from the dynamic shape so that inputs of unknown
     size work. Zero padding equals PyTorch's -inf padding because every
     caller pools post-ReLU (non-negative) activations and every window holds
-    at least one real element.
+    at least one real element. The gradient pads again rather than keep the
+    padded copy (`replayed_in_backward`): ResNet's stem pool at 1280x720
+    reads a 57 MiB map that would otherwise stay alive through the whole
+    backward pass.
 
     Args:
       strides: 2 (downsampling pools) or 1 (DeepLab VGG's pool4/pool5).
@@ -56,7 +95,7 @@ class CeilMaxPool2D(keras.layers.Layer):
         # for k=3, p=1, s<=2.
         return -(-(size - 1) // strides) + 1
 
-    def call(self, inputs):
+    def _pool(self, inputs):
         shape = tf.shape(inputs)
         pads = []
         for axis in (1, 2):
@@ -68,6 +107,9 @@ class CeilMaxPool2D(keras.layers.Layer):
         padded = tf.pad(inputs, [[0, 0], pads[0], pads[1], [0, 0]])
         return tf.nn.max_pool2d(
             padded, ksize=3, strides=self.strides, padding="VALID")
+
+    def call(self, inputs):
+        return replayed_in_backward(self._pool, self._pool, inputs)
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
@@ -155,18 +197,17 @@ def _recomputing_dilated_conv(x, kernel, rate):
 
     The forward pass is one native dilated Conv2D. Its gradients cannot be:
     TensorFlow 2.21's CPU `Conv2DBackpropInput` rejects dilations, so the
-    backward computes the convolution the way `tf.nn.convolution` does,
+    backward replays the convolution the way `tf.nn.convolution` computes it,
     SpaceToBatchND -> Conv2D -> BatchToSpaceND, and differentiates that with
-    TensorFlow's own gradients. The kernel gradient needs that Conv2D's
-    input, a padded copy of ``x``; autodiff of `tf.nn.convolution` would keep
-    the copy alive from the forward to the backward, here it is built from
-    ``x`` (which the preceding ReLU's gradient keeps anyway) and lives only
-    while this layer's gradient is computed (the re-built ops wait for the
-    upstream gradient). The re-built forward Conv2D feeds nothing that is
-    returned, so graph pruning drops it; what runs again is one
-    SpaceToBatchND per call. The native forward skips the layout ops and the
-    padding to a multiple of the dilation (on CPU, inference at 1024x512 spent
-    0.24 s of 6.1 in them); both forms are the same function.
+    TensorFlow's own gradients (`replayed_in_backward`). The kernel gradient
+    needs that Conv2D's input, a padded copy of ``x``; autodiff of
+    `tf.nn.convolution` would keep the copy alive from the forward to the
+    backward, here it lives only while this layer's gradient is computed.
+    What runs again is one SpaceToBatchND per call (the replayed forward
+    Conv2D feeds nothing the gradient reads). The native forward skips the
+    layout ops and the padding to a multiple of the dilation (on CPU,
+    inference at 1024x512 spent 0.24 s of 6.1 in them); both forms are the
+    same function.
 
     Args:
       x: [N, H, W, C] tensor.
@@ -176,19 +217,13 @@ def _recomputing_dilated_conv(x, kernel, rate):
     Returns:
       [N, H, W, F].
     """
-    @tf.custom_gradient
-    def conv(inputs, weights):
-        def grad(upstream):
-            # Without the dependency the executor would pad ``inputs`` as
-            # soon as they exist, in the forward pass, and keep the copy.
-            with tf.control_dependencies([upstream]), tf.GradientTape() as tape:
-                tape.watch([inputs, weights])
-                outputs = tf.nn.convolution(inputs, weights, padding="SAME", dilations=rate)
-            return tape.gradient(outputs, [inputs, weights], output_gradients=upstream)
+    def native(inputs, weights):
+        return tf.nn.conv2d(inputs, weights, strides=1, padding="SAME", dilations=rate)
 
-        return tf.nn.conv2d(inputs, weights, strides=1, padding="SAME", dilations=rate), grad
+    def space_to_batch(inputs, weights):
+        return tf.nn.convolution(inputs, weights, padding="SAME", dilations=rate)
 
-    return conv(x, kernel)
+    return replayed_in_backward(native, space_to_batch, x, kernel)
 
 
 @keras.saving.register_keras_serializable(package="advent_tf")
