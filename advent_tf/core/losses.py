@@ -6,8 +6,9 @@ like the reference, callers upsample them to the input size with
 self-information maps) and before the discriminator; `segmentation_loss` does
 that upsampling itself because it needs the label size anyway.
 
-Every function computes with XLA (`xla.compiled`: inlined into an
-enclosing XLA-compiled train step) and casts its inputs to float32 first, so
+Every function computes with XLA (`xla.compiled`: inlined into an enclosing
+XLA-compiled train step; `segmentation_loss` is a custom gradient around the
+compiled `_cross_entropy_and_gradient`) and casts its inputs to float32 first, so
 that mixed-precision (float16/bfloat16) activations give the same losses as the
 reference's float32 ones.
 """
@@ -100,8 +101,10 @@ def _cross_entropy_and_gradient(logits, labels):
     low_height, low_width = tf.shape(logits)[1], tf.shape(logits)[2]
     height, width = tf.shape(labels)[1], tf.shape(labels)[2]
     # Upsampled along the width first, as `ops.resize_bilinear_align_corners`
-    # does: [B, h, W, C], 8.8 MiB at 161 -> 1280 columns.
-    wide = ops.lerp_along(logits, 2, low_width, width)
+    # does: [B, h, W, C], 8.8 MiB at 161 -> 1280 columns. The same taps give
+    # the adjoint at the end.
+    width_taps = ops.linear_taps(low_width, width)
+    wide = ops.lerp_taps(logits, 2, *width_taps)
     valid = tf.not_equal(labels, constants.IGNORE_LABEL)
     num_valid = tf.reduce_sum(tf.cast(valid, tf.float32))
     # Padded label rows are ignored: they add nothing to the loss or gradient.
@@ -135,8 +138,7 @@ def _cross_entropy_and_gradient(logits, labels):
     _, loss_sum, wide_gradient = tf.while_loop(
         lambda index, *_: index < num_blocks, block,
         (tf.constant(0), tf.constant(0.0), tf.zeros_like(wide)), maximum_iterations=num_blocks)
-    gradient = ops.lerp_taps_adjoint(
-        wide_gradient, 2, *ops.linear_taps(low_width, width), low_width)
+    gradient = ops.lerp_taps_adjoint(wide_gradient, 2, *width_taps, low_width)
     return tf.math.divide_no_nan(loss_sum, num_valid), gradient
 
 
