@@ -99,6 +99,8 @@ def test_rounds_tensor_peaks_and_op_family_profiles_of_both_sides(tmp_path):
         # Ops run one at a time in a profile: their times add up to about the call.
         assert 0.3 * row["profile_wall_seconds"] < sum(families.values()) < (
             1.2 * row["profile_wall_seconds"]), row
+    # The allocator's chunks hold at least what the tensors asked for.
+    assert ours["allocator_peak_bytes"] >= ours["tensor_peak_bytes"], ours
     assert "profile of one advent call (XLA off), seconds per op family:" in stdout
     assert "ours: convolutions" in stdout and "pytorch: convolutions" in stdout
     assert f"{ours['tensor_peak_bytes'] / 2**20:.0f}" in stdout.split("advent       ours")[1]
@@ -150,3 +152,67 @@ def test_torch_tensor_peak_and_op_families_are_exact(tmp_path):
     assert process.returncode == 0, process.stderr[-3000:]
     # 8 MiB, and the sums' scalars (a few bytes) made while it is held.
     assert float(process.stdout.split()[-1]) == pytest.approx(8.0, abs=1e-4)
+
+
+def test_tf_tensor_peak_counts_tensors_of_known_sizes_and_the_allocators_own_peak(tmp_path):
+    """Ours against tensors of known sizes (as PyTorch's above), and BFC's own count."""
+    script = textwrap.dedent(f"""
+        import os
+        import sys
+        sys.path.insert(0, {TOOLS!r})
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+        import tensorflow as tf
+        import benchmark
+
+        MiB = 2 ** 20
+        state = {{}}
+
+        def setup():
+            state["weights"] = tf.Variable(tf.fill([MiB // 4], 0.5))  # 1 MiB throughout.
+            state["grad"] = tf.fill([2 * MiB // 4], 1.0)  # The previous step's gradient.
+            tf.config.experimental.reset_memory_stats("CPU:0")
+            return call
+
+        def call():
+            state["grad"] = None  # 1 MiB
+            a = tf.fill([2 * MiB // 4], 1.0)  # 3
+            b = tf.fill([4 * MiB // 4], 1.0)  # 7
+            del a  # 5
+            c = tf.fill([MiB // 4], 1.0)  # 6
+            state["grad"] = tf.fill([2 * MiB // 4], 2.0)  # 8: the peak
+            return b, c
+
+        peaks = benchmark.tf_tensor_peak(setup)
+        print(peaks["tensor_peak_bytes"] / MiB, peaks["allocator_peak_bytes"],
+              tf.config.experimental.get_memory_info("CPU:0")["peak"])
+        """)
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert process.returncode == 0, process.stderr[-3000:]
+    requested, allocated, bfc_peak = process.stdout.split()[-3:]
+    # 8 MiB, and a few hundred bytes of scalars and the variable's handle.
+    assert float(requested) == pytest.approx(8.0, abs=1e-3)
+    # The chunks as the events give them are BFC's own count of the same call.
+    assert int(allocated) == int(bfc_peak)
+
+
+def test_live_tensor_peaks_count_only_the_interval_from_what_was_alive_at_its_start():
+    """live_tensor_peaks on an event log written by hand."""
+    sys.path.insert(0, TOOLS)
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(TOOLS)
+    events = [  # (time, allocation?, address, requested, allocated), out of order.
+        (5, True, "c", 30, 64),
+        (0, True, "a", 100, 128),
+        (1, True, "b", 50, 64),  # Before the interval: 150 / 192 is not its peak.
+        (2, False, "a", 0, 0),
+        (6, False, "b", 0, 0),
+        (7, True, "d", 500, 512),  # After it.
+    ]
+    # At 3, b is alive (50 / 64); c brings 80 / 128; freeing b 30 / 64.
+    assert benchmark.live_tensor_peaks(events, 3, 6) == (80, 128)
+    # An interval that begins with a free, and one with no event, keep what was alive.
+    assert benchmark.live_tensor_peaks(events, 5.5, 6.5) == (80, 128)
+    assert benchmark.live_tensor_peaks(events, 3, 4) == (50, 64)

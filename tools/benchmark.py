@@ -39,11 +39,13 @@ run: the peak of a fresh process that imported it (and, for ours, the
 package) and ran one tiny convolution, so that the two frameworks' fixed
 costs (TensorFlow's is the larger) do not decide the comparison.
 "tensors" (--tensor_memory, CPU) is the peak of live tensors over one call,
-weights, optimizer state and inputs included: what a GPU allocator would
-have to hold, free of either runtime and of the C allocator's slack. Ours
-is TensorFlow's own count under its BFC allocator (a fresh process, since
-the allocator is fixed when TensorFlow starts), PyTorch's is summed from
-torch.profiler's memory events (`torch_tensor_peak`). --profile (CPU) adds,
+weights, optimizer state and inputs included: the bytes the tensors need,
+free of either runtime and of the C allocator's slack. Ours is summed from
+the memory events of TensorFlow's BFC allocator (a fresh process, since the
+allocator is fixed when TensorFlow starts; `tf_tensor_peak`), PyTorch's from
+torch.profiler's (`torch_tensor_peak`). "BFC MiB" is ours as the BFC
+allocator counts it: the chunks that held those tensors, which it hands out
+whole when they are less than twice the request, as its GPU version does. --profile (CPU) adds,
 per measurement, the seconds of one call by op family, ours beside
 PyTorch's, and the convolutions' GFLOP/s against the ceiling: where the
 time goes, and how far the kernels are from the machine's best.
@@ -121,10 +123,10 @@ _PYTORCH = flags.DEFINE_bool(
 _TENSORS = flags.DEFINE_bool(
     "tensor_memory", True,
     "On CPU, also measure each training and inference row's peak of live tensors (weights, "
-    "optimizer state and inputs included): what a GPU allocator would have to hold, without "
-    "either framework's runtime or its C allocator's slack. Ours: one more subprocess under "
-    "TensorFlow's BFC allocator, which counts them; PyTorch: one more pair of calls under "
-    "torch.profiler's memory events.")
+    "optimizer state and inputs included): the bytes the tensors need, without either "
+    "framework's runtime or its C allocator's slack. Ours: one more subprocess under "
+    "TensorFlow's BFC allocator and its profiler (also the allocator's own count, \"BFC "
+    "MiB\"); PyTorch: one more pair of calls under torch.profiler's memory events.")
 _PROFILE = flags.DEFINE_bool(
     "profile", False,
     "Also profile one call of each training and inference row and print where its time goes "
@@ -164,6 +166,8 @@ OP_FAMILIES = (
                     r"|cast|fill|zero|pow|greater|less|equal|sign|abs|clip|bias|sgd|adam"),
 )
 BFC_VARIABLE = "TF_CPU_ALLOCATOR_USE_BFC"
+# The trace annotation around the call whose live tensors are counted.
+MEASURED_CALL = "benchmark_measured_call"
 COMPUTE_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16",
                  "mixed_float16": "float16"}
 
@@ -437,23 +441,145 @@ def _our_call(kind, jit, config):
 def measure_tensors(kind, jit, config):
     """Peak bytes of our live CPU tensors during one call after the warm-up.
 
-    TensorFlow's BFC allocator keeps the count (weights, optimizer slots and
-    inputs included); glibc's malloc, TensorFlow's default on CPU, keeps
-    none. The allocator is chosen when TensorFlow makes its first device, so
-    this runs in a fresh process that set `BFC_VARIABLE` first.
+    See `tf_tensor_peak`. Must run in a fresh process that set `BFC_VARIABLE`
+    first: the allocator is chosen when TensorFlow makes its first device.
 
     Returns:
-      dict: tensor_peak_bytes.
+      dict: tensor_peak_bytes, allocator_peak_bytes.
     """
+    with _policy(config):
+        return tf_tensor_peak(lambda: _warmed_call(kind, jit, config))
+
+
+def tf_tensor_peak(setup):
+    """Peaks of TensorFlow's live CPU tensors during one call.
+
+    Two figures, both from the memory events that TensorFlow's BFC allocator
+    gives its profiler (glibc's malloc, TensorFlow's default on CPU, gives
+    none): the bytes the live tensors asked for, like for like with
+    `torch_tensor_peak`'s count (PyTorch's CPU allocator gives each tensor
+    exactly its size); and the bytes of the allocator's chunks that held
+    them, which BFC counts as in use (`get_memory_info`'s peak). They differ
+    because BFC hands out a free chunk whole unless it is at least twice the
+    request (or 128 MiB larger): which chunk a tensor gets depends on what
+    was freed before, so that count moves between runs of the same step
+    where the first does not (two runs of full-resolution AdvEnt: the same
+    bytes asked for, to the byte; chunks 2% apart; README *Speed*). A GPU's
+    BFC allocator does the same, so the second is closer to what a GPU
+    would hold, the first to what the tensors need.
+
+    The profiler runs from before `setup` builds anything, so every
+    allocation alive during the call is in its log; the call is marked with
+    a trace annotation on the same clock.
+
+    Args:
+      setup: builds and warms up; returns the call to measure.
+
+    Returns:
+      dict: tensor_peak_bytes (asked for), allocator_peak_bytes (BFC chunks).
+    """
+    import tempfile
+
     import tensorflow as tf
 
     if os.environ.get(BFC_VARIABLE) != "true":
-        raise RuntimeError(f"measure_tensors needs {BFC_VARIABLE}=true from the process start")
-    with _policy(config):
-        call = _warmed_call(kind, jit, config)
-        tf.config.experimental.reset_memory_stats("CPU:0")
-        call()
-    return {"tensor_peak_bytes": int(tf.config.experimental.get_memory_info("CPU:0")["peak"])}
+        raise RuntimeError(f"tf_tensor_peak needs {BFC_VARIABLE}=true from the process start")
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            call = setup()
+            with tf.profiler.experimental.Trace(MEASURED_CALL):
+                call()
+        finally:
+            tf.profiler.experimental.stop()
+        events, (start, end) = _memory_events(_read_xspace(logdir), MEASURED_CALL)
+    requested, allocated = live_tensor_peaks(events, start, end)
+    return {"tensor_peak_bytes": requested, "allocator_peak_bytes": allocated}
+
+
+def _read_xspace(logdir):
+    """The XSpace (TensorFlow profiler's trace) that one session wrote under `logdir`."""
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(os.path.join(logdir, "plugins", "profile", "*",
+                                     "*.xplane.pb"))[0], "rb") as f:
+        space.ParseFromString(f.read())
+    return space
+
+
+def _memory_events(space, marker):
+    """The allocator's events of a trace and the interval of the event named `marker`.
+
+    Returns:
+      (events, (start, end)): events as `live_tensor_peaks` takes them, times
+      in picoseconds on the trace's clock.
+    """
+    events, interval = [], None
+    kinds = {"MemoryAllocation": True, "MemoryDeallocation": False}
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        stat_names = {key: meta.name for key, meta in plane.stat_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id)
+                when = line.timestamp_ns * 1000 + event.offset_ps
+                if name == marker:
+                    interval = (when, when + event.duration_ps)
+                if name not in kinds:
+                    continue
+                stats = {stat_names.get(stat.metadata_id): stat for stat in event.stats}
+                events.append((when, kinds[name], _stat_int(stats["addr"]),
+                               _stat_int(stats["requested_bytes"]),
+                               _stat_int(stats["allocation_bytes"])))
+    if interval is None or not events:
+        raise RuntimeError(f"the trace has no {marker!r} event or no allocator events "
+                           f"(is {BFC_VARIABLE}=true?)")
+    return events, interval
+
+
+def _stat_int(stat):
+    """An XStat's integer, whichever of its fields holds it."""
+    return int(getattr(stat, stat.WhichOneof("value")))
+
+
+def live_tensor_peaks(events, start, end):
+    """Peaks of the live bytes over [start, end], from an allocator's event log.
+
+    Args:
+      events: (time, is_allocation, address, requested_bytes, allocated_bytes)
+        for every allocation and free since before the first tensor, in any
+        order; a free names its block by address.
+      start: beginning of the interval, on the events' clock.
+      end: its end.
+
+    Returns:
+      (requested, allocated): the largest sums, at one instant of the
+      interval, of the bytes the live blocks asked for and of the bytes the
+      allocator gave them.
+    """
+    live = {}
+    now = [0, 0]
+    peaks = None
+    for when, is_allocation, address, asked, given in sorted(events, key=lambda e: e[0]):
+        if when > end:
+            break
+        if when >= start and peaks is None:
+            peaks = list(now)  # What was alive when the interval began.
+        if is_allocation:
+            live[address] = (asked, given)
+            change = (asked, given)
+        else:
+            asked, given = live.pop(address, (0, 0))
+            change = (-asked, -given)
+        now = [now[0] + change[0], now[1] + change[1]]
+        if peaks is not None:
+            peaks = [max(peaks[0], now[0]), max(peaks[1], now[1])]
+    if peaks is None:
+        peaks = now
+    return peaks[0], peaks[1]
 
 
 def op_family(name):
@@ -487,11 +613,9 @@ def measure_profile(kind, jit, config):
       dict: profile ({family: seconds}), profile_wall_seconds (the traced
       call).
     """
-    import glob
     import tempfile
 
     import tensorflow as tf
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     with _policy(config):
@@ -502,10 +626,7 @@ def measure_profile(kind, jit, config):
             call()
             wall = time.perf_counter() - start
             tf.profiler.experimental.stop()
-            space = xplane_pb2.XSpace()
-            with open(glob.glob(os.path.join(logdir, "plugins", "profile", "*",
-                                             "*.xplane.pb"))[0], "rb") as f:
-                space.ParseFromString(f.read())
+            space = _read_xspace(logdir)
     seconds_by_op = {}
     for plane in space.planes:
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
@@ -780,7 +901,7 @@ def _run_child(spec):
 # -- Report ------------------------------------------------------------------
 _HEADER = (f"{'measurement':<12} {'impl':<7} {'XLA':<4} {'s/call':>8} {'min':>8} "
            f"{'1st call':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'%ceil':>6} {'peak MiB':>9} "
-           f"{'net MiB':>8} {'tensors':>8} {'/torch':>7}")
+           f"{'net MiB':>8} {'tensors':>8} {'BFC MiB':>8} {'/torch':>7}")
 _SHORT_NAME = {OURS: "ours", PYTORCH: "pytorch"}
 
 
@@ -798,6 +919,7 @@ def format_row(row):
             else f"  (Keras applied jit_compile={row['jit_applied']})")
     net = row.get("net_memory_bytes")
     tensors = row.get("tensor_peak_bytes")
+    chunks = row.get("allocator_peak_bytes")
     return (f"{head} {row['seconds']:>8.3f} {row['seconds_min']:>8.3f} "
             f"{row['first_call_seconds']:>9.2f} {optional(row.get('gflop'), '.1f', 8)} "
             f"{optional(row.get('gflop_per_s'), '.1f', 8)} "
@@ -805,6 +927,7 @@ def format_row(row):
             f"{row['peak_memory_bytes'] / 2**20:>9.0f} "
             f"{optional(None if net is None else net / 2**20, '.0f', 8)} "
             f"{optional(None if tensors is None else tensors / 2**20, '.0f', 8)} "
+            f"{optional(None if chunks is None else chunks / 2**20, '.0f', 8)} "
             f"{optional(row.get('ratio_to_pytorch'), '.2f', 7)}{note}")
 
 
@@ -976,8 +1099,9 @@ def run_benchmark():
               + (", per measurement subprocess); net MiB: minus the framework's idle runtime"
                  if _ISOLATE.value else ", cumulative over the process)")
               + ("; tensors: peak MiB of live tensors over one call (weights, optimizer state "
-                 "and inputs included; ours counted by TensorFlow's BFC allocator in a fresh "
-                 "process, PyTorch's from torch.profiler's memory events)"
+                 "and inputs included; ours from the memory events of TensorFlow's BFC allocator "
+                 "in a fresh process, PyTorch's from torch.profiler's); BFC MiB: ours as that "
+                 "allocator counts it (its chunks, some larger than the tensor they hold)"
                  if config["tensor_memory"] else ""))
     ceiling = machine["ceiling_gflop_per_s"]
     print(f"s/call: mean of the timed calls; 1st call: tracing and compilation included; "
