@@ -6,6 +6,7 @@ from advent_tf.core import hardware
 
 _CPUINFO = """processor\t: 0
 vendor_id\t: {vendor}
+cpu family\t: {family}
 model name\t: {model}
 cpu MHz\t\t: 2450.000
 flags\t\t: fpu sse2 avx {flags}
@@ -17,9 +18,9 @@ flags\t\t: fpu sse2 avx {flags}
 """
 
 
-def _info(tmp_path, model, flags):
+def _info(tmp_path, model, flags, vendor="x", family=6):
     path = tmp_path / "cpuinfo"
-    path.write_text(_CPUINFO.format(vendor="x", model=model, flags=flags))
+    path.write_text(_CPUINFO.format(vendor=vendor, family=family, model=model, flags=flags))
     return hardware.cpu_info(str(path))
 
 
@@ -37,6 +38,12 @@ def test_peak_uses_the_widest_fma_unit(tmp_path):
     assert hardware.cpu_peak_gflops(avx2, cores=2)[0] == pytest.approx(2 * 2.45 * 32)
     avx512 = _info(tmp_path, "B", "avx2 fma avx512f")
     assert hardware.cpu_peak_gflops(avx512, cores=2)[0] == pytest.approx(2 * 2.45 * 64)
+    # Zen 4 (AMD family 25) splits a 512-bit FMA over its 256-bit units; Zen 5 does not.
+    zen4 = _info(tmp_path, "C", "avx2 fma avx512f avx512_bf16", vendor="AuthenticAMD", family=25)
+    assert (zen4["vendor"], zen4["family"]) == ("AuthenticAMD", 25)
+    assert hardware.cpu_peak_gflops(zen4, cores=2)[0] == pytest.approx(2 * 2.45 * 32)
+    zen5 = _info(tmp_path, "D", "avx2 fma avx512f avx512_bf16", vendor="AuthenticAMD", family=26)
+    assert hardware.cpu_peak_gflops(zen5, cores=2)[0] == pytest.approx(2 * 2.45 * 64)
     unknown = hardware.cpu_info(str(tmp_path / "absent"))
     assert not unknown["known"] and hardware.cpu_peak_gflops(unknown)[0] is None
 

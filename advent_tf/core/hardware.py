@@ -23,6 +23,9 @@ _NATIVE_GPU_CAPABILITY = {"bfloat16": (8, 0), "float16": (7, 0)}
 _POLICY_DTYPE = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 # Single-precision FLOP per cycle and core of the widest FMA unit (2 FMA ports).
 _FLOP_PER_CYCLE = (("avx512f", 64), ("fma", 32), ("avx", 16))
+# AMD's first AVX-512 cores (Zen 4, family 25) run a 512-bit FMA as two
+# halves on their 256-bit units: AVX2's rate per cycle.
+_HALF_RATE_AVX512 = {("AuthenticAMD", 25)}
 
 
 def cpu_info(cpuinfo_path="/proc/cpuinfo"):
@@ -32,11 +35,13 @@ def cpu_info(cpuinfo_path="/proc/cpuinfo"):
       cpuinfo_path: where to read; elsewhere than Linux the file is absent.
 
     Returns:
-      dict: model (str), flags (frozenset of str, empty when unknown),
-      mhz (float or None: the current clock of the first core, as reported),
-      logical_cores (int), known (whether the flags could be read).
+      dict: model (str), vendor (str or None), family (int or None), flags
+      (frozenset of str, empty when unknown), mhz (float or None: the
+      current clock of the first core, as reported), logical_cores (int),
+      known (whether the flags could be read).
     """
     model, flags, mhz = platform.processor() or platform.machine(), frozenset(), None
+    vendor = family = None
     try:
         with open(cpuinfo_path, encoding="utf-8") as f:
             text = f.read()
@@ -51,8 +56,12 @@ def cpu_info(cpuinfo_path="/proc/cpuinfo"):
             flags = frozenset(value.split())
         elif key == "cpu MHz" and mhz is None:
             mhz = float(value)
-    return {"model": model, "flags": flags, "mhz": mhz, "logical_cores": os.cpu_count() or 1,
-            "known": bool(flags)}
+        elif key == "vendor_id" and vendor is None:
+            vendor = value
+        elif key == "cpu family" and family is None and value.isdigit():
+            family = int(value)
+    return {"model": model, "vendor": vendor, "family": family, "flags": flags, "mhz": mhz,
+            "logical_cores": os.cpu_count() or 1, "known": bool(flags)}
 
 
 def describe_cpu(info=None):
@@ -80,6 +89,8 @@ def cpu_peak_gflops(info=None, cores=None):
     if not info["known"] or not info["mhz"]:
         return None, "unknown CPU features or clock"
     per_cycle = next((n for flag, n in _FLOP_PER_CYCLE if flag in info["flags"]), 2)
+    if "avx512f" in info["flags"] and (info.get("vendor"), info.get("family")) in _HALF_RATE_AVX512:
+        per_cycle //= 2
     return (cores * info["mhz"] / 1e3 * per_cycle,
             f"{cores} cores x {info['mhz'] / 1e3:.2f} GHz x {per_cycle} FLOP/cycle")
 
