@@ -462,11 +462,11 @@ def tf_tensor_peak(setup):
     them, which BFC counts as in use (`get_memory_info`'s peak). They differ
     because BFC hands out a free chunk whole unless it is at least twice the
     request (or 128 MiB larger): which chunk a tensor gets depends on what
-    was freed before, so that count moves between runs of the same step
-    where the first does not (two runs of full-resolution AdvEnt: the same
-    bytes asked for, to the byte; chunks 2% apart; README *Speed*). A GPU's
-    BFC allocator does the same, so the second is closer to what a GPU
-    would hold, the first to what the tensors need.
+    was freed before, so the second is larger and moves more between runs of
+    the same step (full-resolution AdvEnt over six runs: 7001-7167 MiB asked
+    for, 7382-7713 in chunks; README *Speed*). A GPU's BFC allocator does the
+    same, so the second is closer to what a GPU would hold, the first to what
+    the tensors need.
 
     The profiler runs from before `setup` builds anything, so every
     allocation alive during the call is in its log; the call is marked with
