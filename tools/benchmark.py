@@ -45,10 +45,10 @@ the memory events of TensorFlow's BFC allocator (a fresh process, since the
 allocator is fixed when TensorFlow starts; `tf_tensor_peak`), PyTorch's from
 torch.profiler's (`torch_tensor_peak`). "BFC MiB" is ours as the BFC
 allocator counts it: the chunks that held those tensors, which it hands out
-whole when they are less than twice the request, as its GPU version does. --profile (CPU) adds,
-per measurement, the seconds of one call by op family, ours beside
-PyTorch's, and the convolutions' GFLOP/s against the ceiling: where the
-time goes, and how far the kernels are from the machine's best.
+whole when they are less than twice the request, as its GPU version does.
+--profile (CPU) adds, per measurement, the seconds of one call by op family,
+ours beside PyTorch's, and the convolutions' GFLOP/s against the ceiling:
+where the time goes, and how far the kernels are from the machine's best.
 
 GFLOP: the Conv2D multiply-adds (x2) of the traced networks at the benchmark
 sizes. A training iteration counts 3x the forward cost of each pass through
