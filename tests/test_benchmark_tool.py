@@ -198,21 +198,27 @@ def test_tf_tensor_peak_counts_tensors_of_known_sizes_and_the_allocators_own_pea
 
 def test_live_tensor_peaks_count_only_the_interval_from_what_was_alive_at_its_start():
     """live_tensor_peaks on an event log written by hand."""
-    sys.path.insert(0, TOOLS)
-    try:
+    # A subprocess: the tool's absl flags would clash with advent_tf.train's in this one.
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {TOOLS!r})
         import benchmark
-    finally:
-        sys.path.remove(TOOLS)
-    events = [  # (time, allocation?, address, requested, allocated), out of order.
-        (5, True, "c", 30, 64),
-        (0, True, "a", 100, 128),
-        (1, True, "b", 50, 64),  # Before the interval: 150 / 192 is not its peak.
-        (2, False, "a", 0, 0),
-        (6, False, "b", 0, 0),
-        (7, True, "d", 500, 512),  # After it.
-    ]
-    # At 3, b is alive (50 / 64); c brings 80 / 128; freeing b 30 / 64.
-    assert benchmark.live_tensor_peaks(events, 3, 6) == (80, 128)
-    # An interval that begins with a free, and one with no event, keep what was alive.
-    assert benchmark.live_tensor_peaks(events, 5.5, 6.5) == (80, 128)
-    assert benchmark.live_tensor_peaks(events, 3, 4) == (50, 64)
+
+        events = [  # (time, allocation?, address, requested, allocated), out of order.
+            (5, True, "c", 30, 64),
+            (0, True, "a", 100, 128),
+            (1, True, "b", 50, 64),  # Before the interval: 150 / 192 is not its peak.
+            (2, False, "a", 0, 0),
+            (6, False, "b", 0, 0),
+            (7, True, "d", 500, 512),  # After it.
+        ]
+        # At 3, b is alive (50 / 64); c brings 80 / 128; freeing b 30 / 64.
+        print(benchmark.live_tensor_peaks(events, 3, 6))
+        # An interval that begins with a free, and one with no event, keep what was alive.
+        print(benchmark.live_tensor_peaks(events, 5.5, 6.5))
+        print(benchmark.live_tensor_peaks(events, 3, 4))
+        """)
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.stdout.splitlines()[-3:] == ["(80, 128)", "(80, 128)", "(50, 64)"]
