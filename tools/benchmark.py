@@ -561,25 +561,22 @@ def live_tensor_peaks(events, start, end):
       allocator gave them.
     """
     live = {}
-    now = [0, 0]
+    now = (0, 0)
     peaks = None
     for when, is_allocation, address, asked, given in sorted(events, key=lambda e: e[0]):
         if when > end:
             break
         if when >= start and peaks is None:
-            peaks = list(now)  # What was alive when the interval began.
+            peaks = now  # What was alive when the interval began.
         if is_allocation:
             live[address] = (asked, given)
-            change = (asked, given)
         else:
             asked, given = live.pop(address, (0, 0))
-            change = (-asked, -given)
-        now = [now[0] + change[0], now[1] + change[1]]
+            asked, given = -asked, -given
+        now = (now[0] + asked, now[1] + given)
         if peaks is not None:
-            peaks = [max(peaks[0], now[0]), max(peaks[1], now[1])]
-    if peaks is None:
-        peaks = now
-    return peaks[0], peaks[1]
+            peaks = (max(peaks[0], now[0]), max(peaks[1], now[1]))
+    return now if peaks is None else peaks
 
 
 def op_family(name):
