@@ -84,7 +84,7 @@ class AdvEnt(base.DomainAdaptationModel):
         # would otherwise run D on them (its forward, and its backward from
         # that half of its loss) during F's passes and hold D's activations
         # on top of F's (AdvEnt at 640x360 + 512x256: ~90 MiB of the peak).
-        with tf.control_dependencies([g for g in grads if g is not None]):
+        with base.waiting_for(grads):
             for name, disc, optimizer, _ in self._heads():
                 with tf.name_scope(f"discriminator_step_{name}"):
                     source_prob = base.upsampled_probabilities(
