@@ -57,7 +57,7 @@ def _traced_train_step(method_name):
 
 
 def test_target_pass_starts_after_the_source_gradients():
-    """MinEnt's traced step: every weight gradient is computed before the target forward or after it.
+    """MinEnt's traced step: each kernel gradient is computed before the target forward or after it.
 
     The target pass's first op (its stem convolution) must follow each
     gradient of the source backward: none may run beside the target
