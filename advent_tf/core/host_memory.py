@@ -1,18 +1,20 @@
-"""Host memory: hand the memory of freed tensors back to the system (glibc's malloc).
+"""Host memory: hand what glibc's malloc frees back to the system.
 
-TensorFlow allocates CPU tensors with the C library's allocator. With glibc's
-defaults, a freed tensor's memory mostly stays in the process: large blocks
-come from a heap that can only shrink from its top, the mmap threshold rises
-with every large free, and each thread that allocates gets its own arena. A
-training step allocates and frees gigabytes of activations in a different
-order in each pass, so the resident set ends far above what is live.
-Measured on a 2-core AMD EPYC (AVX2/FMA, 2026-11-29), ResNet-101 multi-level
-MinEnt at 640x360 + 512x256, batch 1, peak resident set of a step: 4922 MiB
-with glibc's defaults, 4726 with a fixed 128 KiB mmap threshold, 4379 with
-that and one arena (the official PyTorch code: 3199); but the step took about
-30% longer (page faults: every activation is fresh memory), and the demo's
-small network ran at two thirds of its speed, so it is opt-in
-(`train --compact_host_memory`), for CPU runs short of memory.
+With oneDNN on (TensorFlow's default on x86 Linux), CPU tensors of 4 KiB and
+more come from TensorFlow's own BFC allocator, which keeps its regions;
+glibc's malloc serves the rest: small tensors, the traced graph in its
+several copies, the runtime's and oneDNN's own buffers (without oneDNN, every
+tensor). With glibc's defaults freed memory mostly stays in the process:
+large blocks come from a heap that can only shrink from its top, the mmap
+threshold rises with every large free, and each thread that allocates gets
+its own arena. Measured on a 2-core AMD EPYC (AVX2/FMA, 2026-11-29, before the
+traced steps' control edges were cut, see `methods.base.waiting_for`),
+ResNet-101 multi-level MinEnt at 640x360 + 512x256, batch 1, peak resident set
+of a step: 4922 MiB with glibc's defaults, 4726 with a fixed 128 KiB mmap
+threshold, 4379 with that and one arena (the official PyTorch code: 3199);
+but the step took about 30% longer (page faults: each block glibc maps is
+fresh memory), and the demo's small network ran at two thirds of its speed,
+so it is opt-in (`train --compact_host_memory`), for CPU runs short of memory.
 """
 
 import ctypes
