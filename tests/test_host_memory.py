@@ -85,7 +85,7 @@ def test_passes_wait_through_one_op_not_one_control_input_per_gradient(method_na
     Gating a pass with `tf.control_dependencies(gradients)` gives each op
     created in it without an input from inside (constants, variable reads)
     a control input per gradient: ResNet-101 MinEnt's step had ~170 on each
-    of ~4,500 ops, 30.5 MB of FunctionDef and ~900 MiB of host memory.
+    of ~4,500 ops, 30.5 MB of FunctionDef and ~750 MiB more host memory.
     """
     method, graph = _traced_train_step(method_name)
     operations = graph.get_operations()
