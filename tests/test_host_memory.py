@@ -67,10 +67,11 @@ def test_target_pass_starts_after_the_source_gradients():
     stems = [op for op in graph.get_operations() if op.type == "Conv2D"
              and "/conv1" in op.name and not op.name.startswith("gradient_tape")]
     assert len(stems) == 2  # the source and the target call of the network
-    kernel_gradients = [op for op in graph.get_operations() if op.type == "Conv2DBackpropFilter"]
+    kernel_gradients = {op: graph_helpers.ancestors(op) for op in graph.get_operations()
+                        if op.type == "Conv2DBackpropFilter"}
     for stem in stems:
         before = graph_helpers.ancestors(stem)
-        after = {op for op in kernel_gradients if stem in graph_helpers.ancestors(op)}
+        after = {op for op, ancestors in kernel_gradients.items() if stem in ancestors}
         # The source stem precedes every gradient; the target stem follows
         # the source backward's and precedes its own.
         assert len(after) in (len(kernel_gradients), len(kernel_gradients) // 2), stem.name
