@@ -366,3 +366,29 @@ def test_ceil_max_pool_backward_pads_only_after_the_upstream_gradient():
     padded = pool_grads[0].inputs[0].op
     assert padded.type == "Pad"
     assert upstream in graph_helpers.ancestors(padded)
+
+
+def test_aspp_sum_shifts_each_tap_with_a_few_ops():
+    """Its traced forward and backward: a Pad and a Slice per tap, no per-tap shape arithmetic.
+
+    Every node of a traced training step costs host memory in each copy of
+    the graph TensorFlow keeps; the classifier's 36 taps, forward and
+    backward, twice per step, used to be a fifth of a MinEnt step's nodes.
+    """
+    aspp, _, weights, _ = _heads((6, 12, 18, 24), channels=4)
+    x = tf.zeros([1, 9, 11, 4])
+
+    @tf.function
+    def forward_backward(x):
+        return _output_and_gradients(aspp, x, weights)
+
+    graph = forward_backward.get_concrete_function(x).graph
+    ops = [op.type for op in graph.get_operations()]
+    taps = 4 * 9
+    # A Pad and a Slice per tap for the shift, as many for its gradient (the
+    # opposite shift); 4 more Slices: the gradient of the kernels' concat.
+    assert ops.count("Pad") == 2 * taps and ops.count("Slice") == 2 * taps + 4, ops
+    assert ops.count("Shape") <= 4 and ops.count("StridedSlice") <= 4, ops
+    # With their constants, the sums and custom_gradient's identities, about
+    # 16 ops per tap (44 with TensorFlow's own Pad and StridedSlice gradients).
+    assert len(ops) < 18 * taps, len(ops)

@@ -277,18 +277,32 @@ def _channel_matmul(x, matrix):
     return y
 
 
-def _shift(y, dy, dx):
+def _shifted(y, dy, dx, size):
+    """`_shift`'s function, without a gradient of its own."""
+    padded = tf.pad(y, [[0, 0], [max(-dy, 0), max(dy, 0)],
+                        [max(-dx, 0), max(dx, 0)], [0, 0]])
+    return tf.slice(padded, [0, max(dy, 0), max(dx, 0), 0], size)
+
+
+def _shift(y, dy, dx, size):
     """``out[:, p, q] = y[:, p + dy, q + dx]``, zero where that is outside ``y``.
 
     Padding before slicing (rather than slicing first) keeps the output the
     size of the input even when the shift exceeds the map, as dilation 24
-    does on the 9x9 maps of a 65x65 test image.
+    does on the 9x9 maps of a 65x65 test image. Its gradient is the opposite
+    shift (a zero-filled shift's adjoint), so forward and backward are one
+    Pad and one Slice each, with constant paddings and begin and ``size``
+    (``tf.shape(y)``) shared by all taps. Why so few ops: each node of a
+    traced step costs host memory in every copy of the graph TensorFlow
+    keeps, and a head's 36 shifts run in each pass of a step (~1,000 nodes
+    per head and pass when each shift did its own shape arithmetic and was
+    differentiated by TensorFlow's generic Pad and StridedSlice gradients).
     """
-    size = tf.shape(y)
-    padded = tf.pad(y, [[0, 0], [max(-dy, 0), max(dy, 0)],
-                        [max(-dx, 0), max(dx, 0)], [0, 0]])
-    return padded[:, max(dy, 0):max(dy, 0) + size[1],
-                  max(dx, 0):max(dx, 0) + size[2], :]
+    @tf.custom_gradient
+    def shift(y):
+        return _shifted(y, dy, dx, size), lambda g: _shifted(g, -dy, -dx, size)
+
+    return shift(y)
 
 
 @keras.saving.register_keras_serializable(package="advent_tf")
@@ -382,12 +396,13 @@ class ASPPSum(keras.layers.Layer):
         # split (not slices): its gradient is one concat, where slices' would
         # be zero-filled full-width StridedSliceGrads.
         tap_maps = tf.split(maps, 9 * len(self.rates), axis=-1)
+        size = tf.shape(tap_maps[0])
         total = None
         for b, ((_, bias), rate) in enumerate(zip(weights, self.rates)):
             branch = None
             for t in range(9):
                 i, j = divmod(t, 3)
-                shifted = _shift(tap_maps[9 * b + t], (i - 1) * rate, (j - 1) * rate)
+                shifted = _shift(tap_maps[9 * b + t], (i - 1) * rate, (j - 1) * rate, size)
                 branch = shifted if branch is None else branch + shifted
             # As a convolution layer would: its output, then the bias, in
             # the compute dtype; the branches are summed in float32.
