@@ -366,3 +366,30 @@ def test_config_round_trip_rebuilds_the_same_network(tiny_image):
     clone.set_weights(model.get_weights())
     assert clone.get_layer("bn1").mode == "frozen"
     np.testing.assert_allclose(clone(tiny_image)[1], model(tiny_image)[1], rtol=1e-6)
+
+
+def test_bn_reference_training_moves_the_statistics_in_the_fused_op():
+    """Traced at a known shape: the op moves the statistics, no multiply-adds around it.
+
+    Each node of a traced step costs host memory in every copy of the graph
+    TensorFlow keeps; ResNet-101's 104 BN layers run twice per adaptation step.
+    """
+    layer, x = _random_bn("reference")
+    graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(
+        tf.constant(x)).graph
+    ops = sorted(op.type for op in graph.get_operations() 
+                 if op.type not in ("Placeholder", "Identity", "NoOp"))
+    assert ops == ["AssignVariableOp"] * 2 + ["FusedBatchNormV3"] + ["ReadVariableOp"] * 4, ops
+
+
+def test_bn_single_value_per_channel_guard_holds_at_an_unknown_shape():
+    layer, _ = _random_bn("reference")
+    var0 = layer.moving_variance.numpy().copy()
+    step = tf.function(lambda x: layer(x, training=True),
+                       input_signature=[tf.TensorSpec([None, None, None, var0.size])])
+    step(np.random.default_rng(4).normal(size=(1, 1, 1, var0.size)).astype(np.float32))
+    np.testing.assert_allclose(layer.moving_variance.numpy(), var0, rtol=1e-6)
+    x = np.random.default_rng(5).normal(size=(2, 3, 1, var0.size)).astype(np.float32)
+    step(x)
+    np.testing.assert_allclose(layer.moving_variance.numpy(),
+                               0.9 * var0 + 0.1 * x.var(axis=(0, 1, 2), ddof=1), rtol=1e-5)
