@@ -377,7 +377,7 @@ def test_bn_reference_training_moves_the_statistics_in_the_fused_op():
     layer, x = _random_bn("reference")
     graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(
         tf.constant(x)).graph
-    ops = sorted(op.type for op in graph.get_operations() 
+    ops = sorted(op.type for op in graph.get_operations()
                  if op.type not in ("Placeholder", "Identity", "NoOp"))
     assert ops == ["AssignVariableOp"] * 2 + ["FusedBatchNormV3"] + ["ReadVariableOp"] * 4, ops
 
