@@ -149,10 +149,11 @@ flags.DEFINE_bool("allow_emulated_precision", _DEFAULT.run.allow_emulated_precis
                   "16-bit type (TensorFlow emulates it, several times slower than float32); "
                   "without it such a run is refused.")
 flags.DEFINE_bool("compact_host_memory", _DEFAULT.run.compact_host_memory,
-                  "CPU training: give freed tensor memory back to the system at once (glibc: "
-                  "128 KiB mmap threshold, one arena). Lowers the peak resident set but costs "
-                  "time in page faults (figures and machine: advent_tf/core/host_memory.py); "
-                  "no effect on GPU memory.")
+                  "Give freed host memory back to the system at once (glibc: 128 KiB mmap "
+                  "threshold, one arena). A smaller peak resident set on CPU, but time in page "
+                  "faults: a few % with oneDNN, half as slow again without it (--deterministic); "
+                  "figures in advent_tf/core/host_memory.py. No effect on GPU memory. Without "
+                  "it, CPU-only runs use one malloc arena (free of cost where measured).")
 flags.DEFINE_integer("seed", _DEFAULT.run.seed, "Random seed (weights init and data order).")
 flags.DEFINE_bool("compare_source_only", _DEFAULT.run.compare_source_only,
                   "Also train the source-only baseline with the same data, steps and seed in "
@@ -430,8 +431,10 @@ def main(argv):
     cfg = config_from_flags()
     if cfg.run.deterministic and os.environ.get(ONEDNN_VARIABLE) != "0":
         _restart_without_onednn()
-    if cfg.run.compact_host_memory:
-        host_memory.return_freed_memory()
+    # Before TensorFlow's threads allocate: a thread keeps the arena it got.
+    setting = host_memory.configure(cfg.run.compact_host_memory,
+                                    on_gpu=bool(tf.config.list_physical_devices("GPU")))
+    logging.info("Host memory (glibc malloc): %s.", setting or "its defaults")
     run(cfg)
 
 

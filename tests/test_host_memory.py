@@ -33,9 +33,39 @@ with open("/proc/self/maps") as f:
 """
 
 
+# Where a block that a new thread allocates lies: in the main arena's heap
+# once all threads share it, in the thread's own arena (a mapping of its own)
+# by default; argv: the `configure` arguments, then the environment's
+# MALLOC_ARENA_MAX ("-": unset).
+_THREAD_PLACEMENT = """
+import ctypes, os, sys, threading
+if sys.argv[3] != "-":
+    os.environ["MALLOC_ARENA_MAX"] = sys.argv[3]  # As if set before the start.
+from advent_tf.core import host_memory
+print(host_memory.configure(compact=sys.argv[1] == "compact", on_gpu=sys.argv[2] == "gpu"))
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+blocks = []
+thread = threading.Thread(target=lambda: blocks.append(libc.malloc(4096)))
+thread.start()
+thread.join()
+with open("/proc/self/maps") as f:
+    for line in f:
+        low, high = (int(x, 16) for x in line.split()[0].split("-"))
+        if low <= blocks[0] < high:
+            print("main heap" if line.rstrip().endswith("[heap]") else "own arena")
+"""
+
+
 def _placement(mode):
     return subprocess.run([sys.executable, "-c", _PLACEMENT, mode], capture_output=True,
                           text=True, timeout=120, check=True).stdout.strip()
+
+
+def _thread_placement(*args):
+    return subprocess.run([sys.executable, "-c", _THREAD_PLACEMENT, *args],
+                          capture_output=True, text=True, timeout=120,
+                          check=True).stdout.split()
 
 
 def test_large_blocks_get_their_own_mapping():
@@ -43,6 +73,17 @@ def test_large_blocks_get_their_own_mapping():
         return  # glibc only; elsewhere the call is a documented no-op.
     assert _placement("return") == "own mapping"
     assert _placement("default") == "heap"  # What the setting changes.
+
+
+def test_cpu_runs_share_one_arena_and_gpu_runs_keep_glibcs_defaults():
+    if not sys.platform.startswith("linux"):
+        return  # glibc only; elsewhere `configure` is a documented no-op.
+    assert _thread_placement("default", "cpu", "-") == ["one_arena", "main", "heap"]
+    assert _thread_placement("compact", "gpu", "-") == ["compact", "main", "heap"]
+    # What the setting changes: a new thread's block in an arena of its own.
+    assert _thread_placement("default", "gpu", "-") == ["None", "own", "arena"]
+    # A user's MALLOC_ARENA_MAX is kept (glibc would read it at start).
+    assert _thread_placement("default", "cpu", "8") == ["None", "own", "arena"]
 
 
 def _traced_train_step(method_name):

@@ -67,6 +67,8 @@ def test_method_trains_end_to_end(case, patterns, prior_file, tmp_path):
         assert name in log, f"{name} not logged:\n{log[-2000:]}"
     assert "step 2/2" in log and "steps/s" in log and "ETA" in log
     assert "mIoU" in result.stdout
+    if sys.platform.startswith("linux"):  # glibc; a CPU-only run shares one arena.
+        assert "Host memory (glibc malloc): one_arena." in log, log[-2000:]
     # Both steps checkpointed; the segmenter's weights moved and stayed finite.
     ckpt_dir = os.path.join(train_dir, "checkpoints")
     first, second = (_segmenter_weights(os.path.join(ckpt_dir, f"ckpt-{i}"),

@@ -110,7 +110,8 @@ _TIMEOUT = flags.DEFINE_integer("measurement_timeout", 1800,
 _SEED = flags.DEFINE_integer("seed", 1234, "Random seed (weights and inputs).")
 _COMPACT = flags.DEFINE_bool("compact_host_memory", False,
                              "Ours as train --compact_host_memory runs (glibc returns freed "
-                             "tensor memory at once).")
+                             "memory at once); without it, as train runs by default (on CPU, "
+                             "one malloc arena).")
 _CEILING_SIZE = flags.DEFINE_integer("ceiling_size", 4096,
                                      "Side of the square matrix product that measures the "
                                      "ceiling (0: skip the ceiling).", lower_bound=0)
@@ -371,9 +372,8 @@ def measure(kind, jit, config):
 
     from advent_tf.core import host_memory
 
-    if config["compact_host_memory"]:  # As train --compact_host_memory does.
-        host_memory.return_freed_memory()
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    host_memory.configure(config["compact_host_memory"], on_gpu)  # As train does.
     if on_gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
     with _policy(config):

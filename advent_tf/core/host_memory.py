@@ -1,46 +1,100 @@
-"""Host memory: hand what glibc's malloc frees back to the system.
+"""Host memory: how glibc's malloc holds on to what the process frees.
 
 With oneDNN on (TensorFlow's default on x86 Linux), CPU tensors of 4 KiB and
 more come from TensorFlow's own BFC allocator, which keeps its regions;
 glibc's malloc serves the rest: small tensors, the traced graph in its
-several copies, the runtime's and oneDNN's own buffers (without oneDNN, every
-tensor). With glibc's defaults freed memory mostly stays in the process:
-large blocks come from a heap that can only shrink from its top, the mmap
-threshold rises with every large free, and each thread that allocates gets
-its own arena. Measured on a 2-core AMD EPYC (AVX2/FMA, 2026-11-29, before the
-traced steps' control edges were cut, see `methods.base.waiting_for`),
-ResNet-101 multi-level MinEnt at 640x360 + 512x256, batch 1, peak resident set
-of a step: 4922 MiB with glibc's defaults, 4726 with a fixed 128 KiB mmap
-threshold, 4379 with that and one arena (the official PyTorch code: 3199);
-but the step took about 30% longer (page faults: each block glibc maps is
-fresh memory), and the demo's small network ran at two thirds of its speed,
-so it is opt-in (`train --compact_host_memory`), for CPU runs short of memory.
-After the single gate, on a Zen 4 (2026-11-30), it cost that step no time
-and brought its resident set to the official code's (README, *Allocators*).
+several copies, the runtime's and oneDNN's own buffers (without oneDNN, as
+under `train --deterministic`, every tensor). With glibc's defaults freed
+memory mostly stays in the process: each thread that allocates gets an arena
+of its own (up to 8 per core), whose free blocks no other thread reuses;
+large blocks come from a heap that can only shrink from its top; and the
+mmap threshold rises with every large free.
+
+Two settings, measured on a 2-core AMD EPYC (Zen 4, AVX-512, 2026-11-30/12-01;
+figures and commands in README, *Allocators*):
+
+- One arena (`share_one_arena`): all threads reuse each other's free
+  blocks. No step got slower (ResNet-101 source-only, MinEnt, AdvEnt and
+  inference with oneDNN; the demo's small network with and without it),
+  and resident sets were 50-130 MiB smaller. `train` applies it to every
+  CPU-only run (`configure`); where a GPU is visible it changes nothing, so
+  that a many-core host's input pipeline keeps its per-thread arenas.
+- Compact (`return_freed_memory`, `train --compact_host_memory`): also
+  blocks of 128 KiB and more in mappings of their own, unmapped when freed.
+  Another ~60-200 MiB less, but each such block is fresh memory to fault in:
+  0-5% slower with oneDNN, where tensors do not go through glibc, and 56%
+  slower without it (the demo under --deterministic), so it is opt-in.
+
+A process that sets ``MALLOC_ARENA_MAX`` itself keeps its own choice.
 """
 
 import ctypes
 import ctypes.util
+import os
 
 # mallopt parameters (glibc's malloc.h).
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 128 * 1024
+ONE_ARENA = "one_arena"
+COMPACT = "compact"
 
 
-def return_freed_memory():
-    """Makes glibc give freed tensor memory back at once; True if it applies here.
-
-    Blocks of 128 KiB and more (every activation) get their own mapping,
-    unmapped when freed, and all threads share one arena, so that small
-    blocks do not pin large free regions in per-thread heaps. Call it before
-    the first large allocation; it changes nothing outside glibc (macOS,
-    musl), where it returns False.
-    """
+def _mallopt(*settings):
+    """Applies glibc ``mallopt(param, value)`` pairs; True if every one applied."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-            and mallopt(_M_ARENA_MAX, 1) == 1)
+    return all([mallopt(param, value) == 1 for param, value in settings])
+
+
+def _arena_max_chosen():
+    """True if the environment already sets glibc's arena count (glibc reads it at start)."""
+    return ("MALLOC_ARENA_MAX" in os.environ
+            or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""))
+
+
+def share_one_arena():
+    """Makes all threads allocate from one glibc arena; True if it applies here.
+
+    Call it before the threads that allocate start (TensorFlow's pools, tf.data);
+    a thread that already has an arena keeps it. It changes nothing outside
+    glibc (macOS, musl) or where ``MALLOC_ARENA_MAX`` is set, and then returns
+    False.
+    """
+    return not _arena_max_chosen() and _mallopt((_M_ARENA_MAX, 1))
+
+
+def return_freed_memory():
+    """Makes glibc give freed memory back at once; True if it applies here.
+
+    Blocks of 128 KiB and more (every activation that glibc serves) get
+    their own mapping, unmapped when freed, and all threads share one arena
+    (unless ``MALLOC_ARENA_MAX`` says otherwise), so that small blocks do
+    not pin large free regions in per-thread heaps. Call it before the first
+    large allocation; it changes nothing outside glibc (macOS, musl), where
+    it returns False.
+    """
+    settings = [(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)]
+    if not _arena_max_chosen():
+        settings.append((_M_ARENA_MAX, 1))
+    return _mallopt(*settings)
+
+
+def configure(compact, on_gpu):
+    """Applies what `train` runs with; returns the setting applied (None: glibc's defaults).
+
+    Args:
+      compact: ``--compact_host_memory``: `return_freed_memory`, anywhere.
+      on_gpu: a GPU is visible; without ``compact`` glibc is then left as it is.
+
+    Returns:
+      `COMPACT`, `ONE_ARENA` or None (a GPU run, or not glibc).
+    """
+    if compact:
+        return COMPACT if return_freed_memory() else None
+    if not on_gpu and share_one_arena():
+        return ONE_ARENA
+    return None
