@@ -14,16 +14,18 @@ Two settings, measured on a 2-core AMD EPYC (Zen 4, AVX-512, 2026-11-30/12-01;
 figures and commands in README, *Allocators*):
 
 - One arena (`share_one_arena`): all threads reuse each other's free
-  blocks. No step got slower (ResNet-101 source-only, MinEnt, AdvEnt and
-  inference with oneDNN; the demo's small network with and without it),
-  and resident sets were 50-130 MiB smaller. `train` applies it to every
+  blocks. No step got slower beyond the noise (ResNet-101 MinEnt and
+  inference with oneDNN, the demo's network with it, the demo's training
+  without it), and resident sets were smaller: by 126 MiB for a MinEnt
+  step, 35-100 MiB for the demo, 5-30 MiB for inference. `train` applies it to every
   CPU-only run (`configure`); where a GPU is visible it changes nothing, so
   that a many-core host's input pipeline keeps its per-thread arenas.
 - Compact (`return_freed_memory`, `train --compact_host_memory`): also
   blocks of 128 KiB and more in mappings of their own, unmapped when freed.
-  Another ~60-200 MiB less, but each such block is fresh memory to fault in:
-  0-5% slower with oneDNN, where tensors do not go through glibc, and 56%
-  slower without it (the demo under --deterministic), so it is opt-in.
+  86-198 MiB less than glibc's defaults for the ResNet-101 training steps,
+  but each such block is fresh memory to fault in: 0-5% slower with
+  oneDNN, where tensors do not go through glibc, and 56% slower without it
+  (the demo under --deterministic), so it is opt-in.
 
 A process that sets ``MALLOC_ARENA_MAX`` itself keeps its own choice.
 """
