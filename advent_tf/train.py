@@ -151,7 +151,7 @@ flags.DEFINE_bool("allow_emulated_precision", _DEFAULT.run.allow_emulated_precis
 flags.DEFINE_bool("compact_host_memory", _DEFAULT.run.compact_host_memory,
                   "Give freed host memory back to the system at once (glibc: 128 KiB mmap "
                   "threshold, one arena). A smaller peak resident set on CPU, but time in page "
-                  "faults: a few % with oneDNN, half as slow again without it (--deterministic); "
+                  "faults: a few % with oneDNN, about 1.5x the time without it (--deterministic); "
                   "figures in advent_tf/core/host_memory.py. No effect on GPU memory. Without "
                   "it, CPU-only runs use one malloc arena (free of cost where measured).")
 flags.DEFINE_integer("seed", _DEFAULT.run.seed, "Random seed (weights init and data order).")

@@ -17,9 +17,10 @@ figures and commands in README, *Allocators*):
   blocks. No step got slower beyond the noise (ResNet-101 MinEnt and
   inference with oneDNN, the demo's network with it, the demo's training
   without it), and resident sets were smaller: by 126 MiB for a MinEnt
-  step, 35-100 MiB for the demo, 5-30 MiB for inference. `train` applies it to every
-  CPU-only run (`configure`); where a GPU is visible it changes nothing, so
-  that a many-core host's input pipeline keeps its per-thread arenas.
+  step, 35-100 MiB for the demo, 5-30 MiB for inference. `train` applies
+  it to every CPU-only run (`configure`); where a GPU is visible it changes
+  nothing, so that a many-core host's input pipeline keeps its per-thread
+  arenas.
 - Compact (`return_freed_memory`, `train --compact_host_memory`): also
   blocks of 128 KiB and more in mappings of their own, unmapped when freed.
   86-198 MiB less than glibc's defaults for the ResNet-101 training steps,
@@ -49,6 +50,7 @@ def _mallopt(*settings):
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
+    # A list, not a generator: every setting is tried even if one fails.
     return all([mallopt(param, value) == 1 for param, value in settings])
 
 

@@ -94,7 +94,7 @@ class BatchNorm(keras.layers.Layer):
             # PyTorch stores in running_mean and running_var. In the op rather
             # than as separate multiply-adds because every node of the traced
             # step costs host memory in each copy of its graph (this saved
-            # ~16 nodes per BN layer and pass: ~3,300 in a MinEnt step).
+            # ~17 nodes per BN layer and pass: ~3,500 in a MinEnt step).
             outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 x, self.gamma, self.beta, mean=self.moving_mean,
                 variance=self.moving_variance, epsilon=self.epsilon, is_training=True,
