@@ -11,61 +11,64 @@ from advent_tf.experiment import config as config_lib
 from advent_tf.experiment import factory
 import graph_helpers
 
+# The start of both scripts below: glibc's malloc from Python, and whether
+# an address lies in the main arena's heap (the "[heap]" mapping) or in a
+# mapping of its own.
+_MALLOC = """
+import ctypes, os, sys, threading
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def in_heap(address):
+    with open("/proc/self/maps") as f:
+        for line in f:
+            low, high = (int(x, 16) for x in line.split()[0].split("-"))
+            if low <= address < high:
+                return line.rstrip().endswith("[heap]")
+"""
+
 # Where glibc puts a 1 MiB block once a freed 8 MiB block has raised its
 # dynamic mmap threshold: in the heap by default (it stays resident when
 # freed, pinned by whatever small block lies above it), in a mapping of its
 # own (unmapped at free) after `return_freed_memory`.
-_PLACEMENT = """
-import ctypes, sys
+_PLACEMENT = _MALLOC + """
 from advent_tf.core import host_memory
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
 if sys.argv[1] == "return":
     assert host_memory.return_freed_memory()
 libc.free(libc.malloc(8 << 20))
-block = libc.malloc(1 << 20)
-with open("/proc/self/maps") as f:
-    for line in f:
-        low, high = (int(x, 16) for x in line.split()[0].split("-"))
-        if low <= block < high:
-            print("heap" if line.rstrip().endswith("[heap]") else "own mapping")
+print("heap" if in_heap(libc.malloc(1 << 20)) else "own mapping")
 """
-
 
 # Where a block that a new thread allocates lies: in the main arena's heap
 # once all threads share it, in the thread's own arena (a mapping of its own)
 # by default; argv: the `configure` arguments, then the environment's
 # MALLOC_ARENA_MAX ("-": unset).
-_THREAD_PLACEMENT = """
-import ctypes, os, sys, threading
+_THREAD_PLACEMENT = _MALLOC + """
 if sys.argv[3] != "-":
     os.environ["MALLOC_ARENA_MAX"] = sys.argv[3]  # As if set before the start.
 from advent_tf.core import host_memory
 print(host_memory.configure(compact=sys.argv[1] == "compact", on_gpu=sys.argv[2] == "gpu"))
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
 blocks = []
 thread = threading.Thread(target=lambda: blocks.append(libc.malloc(4096)))
 thread.start()
 thread.join()
-with open("/proc/self/maps") as f:
-    for line in f:
-        low, high = (int(x, 16) for x in line.split()[0].split("-"))
-        if low <= blocks[0] < high:
-            print("main heap" if line.rstrip().endswith("[heap]") else "own arena")
+print("main heap" if in_heap(blocks[0]) else "own arena")
 """
 
 
+def _run(script, *args):
+    """The script's standard output, run in a fresh interpreter (glibc's settings are global)."""
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                          text=True, timeout=120, check=True).stdout
+
+
 def _placement(mode):
-    return subprocess.run([sys.executable, "-c", _PLACEMENT, mode], capture_output=True,
-                          text=True, timeout=120, check=True).stdout.strip()
+    return _run(_PLACEMENT, mode).strip()
 
 
 def _thread_placement(*args):
-    return subprocess.run([sys.executable, "-c", _THREAD_PLACEMENT, *args],
-                          capture_output=True, text=True, timeout=120,
-                          check=True).stdout.split()
+    return _run(_THREAD_PLACEMENT, *args).split()
 
 
 def test_large_blocks_get_their_own_mapping():

@@ -457,10 +457,11 @@ def tf_tensor_peak(setup):
     Two figures, both from the memory events that TensorFlow's BFC allocator
     gives its profiler (with oneDNN, TensorFlow's default CPU allocator is a
     BFC allocator only for blocks of 4 KiB and more and hands smaller ones to
-    malloc; `BFC_VARIABLE` puts every tensor in one BFC allocator): the bytes the live tensors asked for, like for like with
-    `torch_tensor_peak`'s count (PyTorch's CPU allocator gives each tensor
-    exactly its size); and the bytes of the allocator's chunks that held
-    them, which BFC counts as in use (`get_memory_info`'s peak). They differ
+    malloc; `BFC_VARIABLE` puts every tensor in one BFC allocator): the bytes
+    the live tensors asked for, like for like with `torch_tensor_peak`'s count
+    (PyTorch's CPU allocator gives each tensor exactly its size); and the
+    bytes of the allocator's chunks that held them, which BFC counts as in
+    use (`get_memory_info`'s peak). They differ
     because BFC hands out a free chunk whole unless it is at least twice the
     request (or 128 MiB larger): which chunk a tensor gets depends on what
     was freed before, so the second is larger and moves more between runs of
