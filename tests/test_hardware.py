@@ -48,6 +48,28 @@ def test_peak_uses_the_widest_fma_unit(tmp_path):
     assert not unknown["known"] and hardware.cpu_peak_gflops(unknown)[0] is None
 
 
+@pytest.mark.parametrize("flags, vendor, family, dtype, per_cycle", [
+    # Twice float32's rate on AVX-512's 16-bit instructions, Zen 4's halving included.
+    ("avx2 fma avx512f avx512_bf16", "AuthenticAMD", 25, "bfloat16", 64),
+    ("avx2 fma avx512f avx512_bf16", "GenuineIntel", 6, "bfloat16", 128),
+    ("avx2 fma avx512f avx512_bf16 avx512_fp16", "GenuineIntel", 6, "float16", 128),
+    # AMX's tiles where present.
+    ("avx2 fma avx512f avx512_bf16 amx_tile amx_bf16", "GenuineIntel", 6, "bfloat16", 1024),
+    ("avx2 fma avx512f avx512_fp16 amx_tile amx_fp16", "GenuineIntel", 6, "float16", 1024),
+    # Emulated: no 16-bit peak.
+    ("avx2 fma", "AuthenticAMD", 23, "bfloat16", None),
+    ("avx2 fma avx512f avx512_bf16", "AuthenticAMD", 25, "float16", None),
+])
+def test_16_bit_peak_is_its_native_units(flags, vendor, family, dtype, per_cycle, tmp_path):
+    info = _info(tmp_path, "A", flags, vendor=vendor, family=family)
+    peak, how = hardware.cpu_peak_gflops(info, cores=2, dtype=dtype)
+    if per_cycle is None:
+        assert peak is None and f"no native {dtype}" in how
+    else:
+        assert peak == pytest.approx(2 * 2.45 * per_cycle)
+        assert f"x {per_cycle} FLOP/cycle" in how
+
+
 @pytest.mark.parametrize("flags, policy, native", [
     ("avx2 fma", "mixed_bfloat16", False),
     ("avx2 fma avx512f", "mixed_bfloat16", False),

@@ -20,8 +20,9 @@ cores, the features that decide float32/bfloat16/float16 speed) and measures
 its own ceiling: the best GFLOP/s of a 4096x4096 matrix product in the
 policy's compute type, by TensorFlow and (when installed) PyTorch, the
 faster of the two being the ceiling of the "%ceil" column, with the
-theoretical FMA peak printed beside it. A 16-bit policy that this machine
-only emulates is flagged before the table.
+theoretical peak of that compute type printed beside it (the widest FMA for
+float32; AMX or AVX-512's 16-bit instructions for a 16-bit type). A 16-bit
+policy that this machine only emulates is flagged before the table.
 
 Inputs are random preprocessed images and labels held in memory (the input
 pipeline has its own benchmark, tools/benchmark_input.py). Each measurement
@@ -970,7 +971,8 @@ def _machine(config, gpus, measure_one):
     from advent_tf.core import hardware
 
     info = hardware.cpu_info()
-    peak, how = hardware.cpu_peak_gflops(info)
+    dtype = COMPUTE_DTYPE[config["mixed_precision"]]
+    peak, how = hardware.cpu_peak_gflops(info, dtype=dtype)
     machine = {"cpu": hardware.describe_cpu(info), "cpu_peak_gflop_per_s": peak,
                "cpu_peak_how": how, "ceilings": {}, "ceiling_gflop_per_s": None,
                "idle_memory_bytes": {},
@@ -990,7 +992,7 @@ def _machine(config, gpus, measure_one):
                       f"{result['gflop_per_s']:.1f} GFLOP/s", flush=True)
         good = [r["gflop_per_s"] for r in machine["ceilings"].values() if "error" not in r]
         machine["ceiling_gflop_per_s"] = max(good) if good else None
-        print("theoretical float32 peak: "
+        print(f"theoretical {dtype} peak: "
               + (f"{peak:.1f} GFLOP/s ({how})" if peak else f"unknown ({how})"), flush=True)
     if not gpus:
         for implementation in [OURS] + ([PYTORCH] if _PYTORCH.value else []):

@@ -26,6 +26,9 @@ _FLOP_PER_CYCLE = (("avx512f", 64), ("fma", 32), ("avx", 16))
 # AMD's first AVX-512 cores (Zen 4, family 25) run a 512-bit FMA as two
 # halves on their 256-bit units: AVX2's rate per cycle.
 _HALF_RATE_AVX512 = {("AuthenticAMD", 25)}
+# An AMX tile unit's 16-bit FLOP per cycle and core (Intel: 1024 bfloat16 or
+# float16 operations per cycle).
+_AMX_FLOP_PER_CYCLE = 1024
 
 
 def cpu_info(cpuinfo_path="/proc/cpuinfo"):
@@ -75,14 +78,24 @@ def describe_cpu(info=None):
             f"{'/'.join(have) or 'none of them'}; lacks {'/'.join(lack) or 'none'}")
 
 
-def cpu_peak_gflops(info=None, cores=None):
-    """Theoretical float32 peak: cores x clock x FLOP per cycle of its widest FMA.
+def cpu_peak_gflops(info=None, cores=None, dtype="float32"):
+    """Theoretical peak of `dtype` arithmetic: cores x clock x FLOP per cycle of its widest unit.
 
-    The clock is /proc/cpuinfo's current one, so boost and throttling move it;
-    a measured matrix product is the practical ceiling, this the bound above it.
+    float32: the widest FMA. A 16-bit type: its native unit
+    (`_NATIVE_CPU_FEATURES`), AMX's tiles if present, else AVX-512's 16-bit
+    instructions at twice float32's FLOP per cycle (twice the lanes, or two
+    products per lane). The clock is /proc/cpuinfo's current one, so boost and
+    throttling move it; a measured matrix product is the practical ceiling,
+    this the bound above it.
+
+    Args:
+      info: `cpu_info()` (read when None).
+      cores: cores to count (all logical cores when None).
+      dtype: "float32", "bfloat16" or "float16".
 
     Returns:
-      (GFLOP/s, how it was computed) or (None, why not).
+      (GFLOP/s, how it was computed) or (None, why not): a 16-bit type
+      without a native unit is emulated in float32 and has no peak of its own.
     """
     info = info or cpu_info()
     cores = cores or info["logical_cores"]
@@ -91,6 +104,14 @@ def cpu_peak_gflops(info=None, cores=None):
     per_cycle = next((n for flag, n in _FLOP_PER_CYCLE if flag in info["flags"]), 2)
     if "avx512f" in info["flags"] and (info.get("vendor"), info.get("family")) in _HALF_RATE_AVX512:
         per_cycle //= 2
+    if dtype != "float32":
+        avx512, amx = _NATIVE_CPU_FEATURES[dtype]
+        if amx in info["flags"]:
+            per_cycle = _AMX_FLOP_PER_CYCLE
+        elif avx512 in info["flags"]:
+            per_cycle *= 2
+        else:
+            return None, f"no native {dtype} arithmetic ({avx512} or {amx}): emulated in float32"
     return (cores * info["mhz"] / 1e3 * per_cycle,
             f"{cores} cores x {info['mhz'] / 1e3:.2f} GHz x {per_cycle} FLOP/cycle")
 
