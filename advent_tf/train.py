@@ -408,6 +408,7 @@ def _callbacks(cfg, method, manager, sample):
     # The dataset is infinite and the epoch open-ended: StopAtStep ends it
     # at --num_steps applied updates (float16 loss scaling may skip some).
     cbs.append(callbacks.StopAtStep(run_cfg.num_steps))
+    cbs.append(callbacks.ReleaseFreeHeap())
     return cbs
 
 

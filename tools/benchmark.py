@@ -329,8 +329,10 @@ def _peak_memory(on_gpu):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "process_rss_peak"
 
 
-def _time_calls(call, warmup, iterations):
+def _time_calls(call, warmup, iterations, after_warmup=None):
     """Runs `call` warmup + iterations times; `call` must return once its work is done.
+
+    `after_warmup`, if given, runs untimed between the two.
 
     Returns:
       The timing fields of a measurement: seconds (mean of the timed calls),
@@ -342,6 +344,8 @@ def _time_calls(call, warmup, iterations):
         return time.perf_counter() - start
 
     warm = [run() for _ in range(warmup)]
+    if after_warmup is not None:
+        after_warmup()
     times = [run() for _ in range(iterations)]
     return {"seconds": float(np.mean(times)), "seconds_min": float(np.min(times)),
             "seconds_all": [float(t) for t in times],
@@ -379,7 +383,9 @@ def measure(kind, jit, config):
         tf.config.experimental.reset_memory_stats("GPU:0")
     with _policy(config):
         call, jit_applied, gflop = _our_call(kind, jit, config)
-        timing = _time_calls(call, config["warmup"], config["iterations"])
+        # As train does after its first step (`callbacks.ReleaseFreeHeap`).
+        trim = None if kind == INFERENCE else host_memory.release_free_heap
+        timing = _time_calls(call, config["warmup"], config["iterations"], after_warmup=trim)
     peak, memory_kind = _peak_memory(on_gpu)
     return {**timing, "jit_applied": jit_applied, "gflop": gflop,
             "peak_memory_bytes": peak, "memory_kind": memory_kind}

@@ -28,6 +28,12 @@ figures and commands in README, *Allocators*):
   oneDNN, where tensors do not go through glibc, and 56% slower without it
   (the demo under --deterministic), so it is opt-in.
 
+And once, after the first training step (`release_free_heap`, run by
+`train`'s `callbacks.ReleaseFreeHeap`): the free pages inside glibc's heaps
+go back to the system. A ResNet-101 MinEnt step's peak resident set was
+36 MiB lower on average (four alternating pairs, Zen 4, 2026-12-01); the
+call took 7 ms there.
+
 A process that sets ``MALLOC_ARENA_MAX`` itself keeps its own choice.
 """
 
@@ -43,12 +49,18 @@ ONE_ARENA = "one_arena"
 COMPACT = "compact"
 
 
+def _glibc_function(name):
+    """glibc's function `name` through ctypes, or None outside glibc."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def _mallopt(*settings):
     """Applies glibc ``mallopt(param, value)`` pairs; True if every one applied."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
         return False
     # A list, not a generator: every setting is tried even if one fails.
     return all([mallopt(param, value) == 1 for param, value in settings])
@@ -85,6 +97,35 @@ def return_freed_memory():
     if not _arena_max_chosen():
         settings.append((_M_ARENA_MAX, 1))
     return _mallopt(*settings)
+
+
+def release_free_heap():
+    """Gives the free pages inside glibc's heaps back to the system (``malloc_trim(0)``).
+
+    glibc shrinks a heap on its own only from its top: free blocks below a
+    block still in use stay resident. The first call of a traced function
+    leaves ~100 MiB of them (TensorFlow's optimised copies of the graph,
+    freed once the function is instantiated), which the step's later
+    allocations, mostly outside glibc, do not reuse. Pages that are used
+    again later are faulted back in.
+
+    Returns:
+      True if it ran (glibc), False elsewhere.
+    """
+    trim = _glibc_function("malloc_trim")
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def resident_bytes():
+    """This process's resident set in bytes (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def configure(compact, on_gpu):
