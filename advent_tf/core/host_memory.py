@@ -32,7 +32,7 @@ And once, after the first training step (`release_free_heap`, run by
 `train`'s `callbacks.ReleaseFreeHeap`): the free pages inside glibc's heaps
 go back to the system. A ResNet-101 MinEnt step's peak resident set was
 36 MiB lower on average (four alternating pairs, Zen 4, 2026-12-01); the
-call took 7 ms there.
+call took 7 ms after a source-only step.
 
 A process that sets ``MALLOC_ARENA_MAX`` itself keeps its own choice.
 """
