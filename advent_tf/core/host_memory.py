@@ -103,11 +103,11 @@ def release_free_heap():
     """Gives the free pages inside glibc's heaps back to the system (``malloc_trim(0)``).
 
     glibc shrinks a heap on its own only from its top: free blocks below a
-    block still in use stay resident. The first call of a traced function
-    leaves ~100 MiB of them (TensorFlow's optimised copies of the graph,
-    freed once the function is instantiated), which the step's later
-    allocations, mostly outside glibc, do not reuse. Pages that are used
-    again later are faulted back in.
+    block still in use stay resident. After the first call of ResNet-101
+    MinEnt's traced step the heap held ~100 MiB of them (what tracing and
+    instantiating the function freed), which the later steps, whose tensors
+    come from TensorFlow's own allocator, barely reuse. Pages used again
+    later are faulted back in.
 
     Returns:
       True if it ran (glibc), False elsewhere.
