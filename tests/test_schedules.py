@@ -112,6 +112,13 @@ def test_torch_sgd_lr_multiplier_and_schedule():
         np.testing.assert_allclose(variable.numpy(), w1 - np.float32(lr1) * mult * buf, rtol=1e-6)
 
 
+def _ops_using(graph, variables):
+    """The ops of traced `graph` that take one of the Keras `variables`' handles as an input."""
+    internal = {id(external): placeholder for external, placeholder in graph.captures}
+    handles = {internal[id(v.value.handle)].op for v in variables}
+    return [op for op in graph.get_operations() if any(t.op in handles for t in op.inputs)]
+
+
 @pytest.mark.parametrize("name", ["TorchSGD", "TorchAdam"])
 def test_update_reads_weights_and_slots_only_after_the_gradient(name):
     """No update term is computed before the gradient exists.
@@ -137,16 +144,13 @@ def test_update_reads_weights_and_slots_only_after_the_gradient(name):
         optimizer.apply_gradients([(tf.square(x, name="the_gradient"), variable)])
 
     graph = step.get_concrete_function(tf.TensorSpec([4], tf.float32)).graph
-    internal = {id(external): placeholder for external, placeholder in graph.captures}
-    handles = {internal[id(v.value.handle)].op for v in [variable, *slots]}
     gradient = graph.get_operation_by_name("the_gradient")
 
     def after_gradient(op):
         return gradient in graph_helpers.ancestors(op)
 
     # Reads, and the fused updates that read their variables themselves.
-    uses = [op for op in graph.get_operations()
-            if any(t.op in handles for t in op.inputs)]
+    uses = _ops_using(graph, [variable, *slots])
     assert len(uses) >= 1 + len(slots)
     assert all(after_gradient(op) for op in uses), [
         op.name for op in uses if not after_gradient(op)]
@@ -170,10 +174,8 @@ def test_torch_sgd_updates_in_place_with_one_kernel_per_repeat():
         optimizer.apply_gradients([(gradient, variable)])
 
     graph = step.get_concrete_function(tf.TensorSpec([4], tf.float32)).graph
-    internal = {id(external): placeholder for external, placeholder in graph.captures}
-    handles = {internal[id(v.value.handle)].op for v in [variable, optimizer.momentums[0]]}
-    ops = collections.Counter(op.type for op in graph.get_operations()
-                              if any(t.op in handles for t in op.inputs))
+    ops = collections.Counter(
+        op.type for op in _ops_using(graph, [variable, optimizer.momentums[0]]))
     # The weights read once per repeat (for the weight decay), nothing assigned.
     assert ops == {"ResourceApplyMomentum": 3, "ReadVariableOp": 3}, ops
 
