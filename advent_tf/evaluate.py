@@ -37,6 +37,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from advent_tf.core import host_memory
 from advent_tf.experiment import segmenter_weights
 from advent_tf.inference import evaluation_protocol
 from advent_tf.experiment import model_flags
@@ -211,6 +212,7 @@ def run_best():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    host_memory.configure_command(inference=True)  # Before the first tensor.
     if _MODE.value == "best":
         run_best()
     else:

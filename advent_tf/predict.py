@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from advent_tf.core import host_memory
 from advent_tf.inference import segment
 from advent_tf.experiment import model_flags
 from advent_tf.inference import image_files
@@ -103,6 +104,7 @@ def main(argv):
     if bool(_SAVED_MODEL.value) == bool(model_flags.CHECKPOINTS.value
                                         or model_flags.TRAIN_DIR.value):
         raise app.UsageError("give exactly one of --train_dir/--checkpoints and --saved_model")
+    host_memory.configure_command(inference=True)  # Before the first tensor.
     images = image_files.list_images(_INPUTS.value)
     if not images:
         raise app.UsageError(f"no image found in {_INPUTS.value}")

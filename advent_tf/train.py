@@ -149,11 +149,13 @@ flags.DEFINE_bool("allow_emulated_precision", _DEFAULT.run.allow_emulated_precis
                   "16-bit type (TensorFlow emulates it, several times slower than float32); "
                   "without it such a run is refused.")
 flags.DEFINE_bool("compact_host_memory", _DEFAULT.run.compact_host_memory,
-                  "Give freed host memory back to the system at once (glibc: 128 KiB mmap "
-                  "threshold, one arena). A smaller peak resident set on CPU, but time in page "
-                  "faults: a few % with oneDNN, about 1.5x the time without it (--deterministic); "
-                  "figures in advent_tf/core/host_memory.py. No effect on GPU memory. Without "
-                  "it, CPU-only runs use one malloc arena (free of cost where measured).")
+                  "Give freed host memory back to the system at once (TensorFlow's system "
+                  "allocator instead of its BFC allocator for CPU tensors; glibc: 128 KiB mmap "
+                  "threshold, one arena). A smaller peak resident set on CPU (full-resolution "
+                  "AdvEnt: 1.5 GiB less), but time in page faults (1.2-1.3x the time with "
+                  "oneDNN, 1.5x without it); figures in advent_tf/core/host_memory.py. No effect "
+                  "on GPU memory. Without it, CPU-only runs use one malloc arena (free of cost "
+                  "where measured).")
 flags.DEFINE_integer("seed", _DEFAULT.run.seed, "Random seed (weights init and data order).")
 flags.DEFINE_bool("compare_source_only", _DEFAULT.run.compare_source_only,
                   "Also train the source-only baseline with the same data, steps and seed in "
@@ -432,10 +434,9 @@ def main(argv):
     cfg = config_from_flags()
     if cfg.run.deterministic and os.environ.get(ONEDNN_VARIABLE) != "0":
         _restart_without_onednn()
-    # Before TensorFlow's threads allocate: a thread keeps the arena it got.
-    setting = host_memory.configure(cfg.run.compact_host_memory,
-                                    on_gpu=bool(tf.config.list_physical_devices("GPU")))
-    logging.info("Host memory (glibc malloc): %s.", setting or "its defaults")
+    # Before TensorFlow's threads allocate (a thread keeps the arena it got)
+    # and before its first tensor (which fixes its CPU allocator).
+    host_memory.configure_command(compact=cfg.run.compact_host_memory)
     run(cfg)
 
 

@@ -80,6 +80,8 @@ def test_ensemble_cli_matches_the_reference_protocol(workdir):
     assert results["ensemble_weights"] == [0.25, 0.75]
     assert "traffic light" in log and "mIoU" in log
     assert os.listdir(out / "tensorboard")
+    if sys.platform.startswith("linux"):  # glibc: CPU inference, tensors from malloc.
+        assert "Host memory: one_arena, system_allocator." in log
 
 
 def test_best_mode_resumes_an_interrupted_sweep(workdir):

@@ -1,5 +1,7 @@
 """Freed tensor memory goes back to the system; later passes of a step wait for earlier ones."""
 
+import os
+import platform
 import subprocess
 import sys
 
@@ -48,12 +50,33 @@ _THREAD_PLACEMENT = _MALLOC + """
 if sys.argv[3] != "-":
     os.environ["MALLOC_ARENA_MAX"] = sys.argv[3]  # As if set before the start.
 from advent_tf.core import host_memory
-print(host_memory.configure(compact=sys.argv[1] == "compact", on_gpu=sys.argv[2] == "gpu"))
+settings = host_memory.configure(compact=sys.argv[1] == "compact", on_gpu=sys.argv[2] == "gpu",
+                                 inference=len(sys.argv) > 4)
+print(",".join(settings) or "None")
 blocks = []
 thread = threading.Thread(target=lambda: blocks.append(libc.malloc(4096)))
 thread.start()
 thread.join()
 print("main heap" if in_heap(blocks[0]) else "own arena")
+"""
+
+# Which allocator holds a 32 MiB tensor made after `configure_command`: the
+# names it applied, then TensorFlow's BFC allocator's peak in MiB (0: the
+# tensor came from malloc). argv: "compact", "inference" or "train"; the
+# environment's TF_ONEDNN_USE_SYSTEM_ALLOCATOR ("-": unset); the command's
+# module, imported first as `python -m` does (TensorFlow fixes its allocator at
+# its first CPU tensor of any size, so importing it must make none).
+_TENSOR_ALLOCATOR = """
+import importlib, os, sys
+if sys.argv[2] != "-":
+    os.environ["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] = sys.argv[2]  # As if set before the start.
+importlib.import_module(sys.argv[3])
+import tensorflow as tf
+from advent_tf.core import host_memory
+settings = host_memory.configure_command(compact=sys.argv[1] == "compact",
+                                         inference=sys.argv[1] == "inference")
+tensor = tf.ones([8 << 20]) + 1.0
+print(",".join(settings), tf.config.experimental.get_memory_info("CPU:0")["peak"] >> 20)
 """
 
 
@@ -98,11 +121,31 @@ def test_cpu_runs_share_one_arena_and_gpu_runs_keep_glibcs_defaults():
     if not sys.platform.startswith("linux"):
         return  # glibc only; elsewhere `configure` is a documented no-op.
     assert _thread_placement("default", "cpu", "-") == ["one_arena", "main", "heap"]
-    assert _thread_placement("compact", "gpu", "-") == ["compact", "main", "heap"]
+    compact = _thread_placement("compact", "gpu", "-")
+    assert compact == ["compact,system_allocator", "main", "heap"]
     # What the setting changes: a new thread's block in an arena of its own.
     assert _thread_placement("default", "gpu", "-") == ["None", "own", "arena"]
+    # GPU inference keeps TensorFlow's allocators too.
+    assert _thread_placement("default", "gpu", "-", "inference") == ["None", "own", "arena"]
     # A user's MALLOC_ARENA_MAX is kept (glibc would read it at start).
     assert _thread_placement("default", "cpu", "8") == ["None", "own", "arena"]
+
+
+def _tensor_allocator(*args):
+    settings, bfc_peak_mib = _run(_TENSOR_ALLOCATOR, *args).split()
+    return settings, int(bfc_peak_mib)
+
+
+def test_inference_and_compact_runs_put_tensors_in_malloc_on_cpu():
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" or platform.machine() != "x86_64":
+        pytest.skip("needs oneDNN's CPU allocator (TensorFlow's default on x86 Linux)")
+    # The 32 MiB tensor and its sum: 64 MiB at the BFC allocator's peak, or none.
+    assert _tensor_allocator("train", "-", "advent_tf.train") == ("one_arena", 64)
+    assert _tensor_allocator("compact", "-", "advent_tf.train") == ("compact,system_allocator", 0)
+    for command in ("advent_tf.evaluate", "advent_tf.predict"):
+        assert _tensor_allocator("inference", "-", command) == ("one_arena,system_allocator", 0)
+    # A user's choice is kept.
+    assert _tensor_allocator("inference", "0", "advent_tf.evaluate") == ("one_arena", 64)
 
 
 def test_free_heap_pages_below_a_block_in_use_go_back():

@@ -110,9 +110,10 @@ _TIMEOUT = flags.DEFINE_integer("measurement_timeout", 1800,
                                 lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 1234, "Random seed (weights and inputs).")
 _COMPACT = flags.DEFINE_bool("compact_host_memory", False,
-                             "Ours as train --compact_host_memory runs (glibc returns freed "
-                             "memory at once); without it, as train runs by default (on CPU, "
-                             "one malloc arena).")
+                             "Ours as train --compact_host_memory runs (the system allocator, "
+                             "glibc returns freed memory at once); without it, as train runs by "
+                             "default (on CPU, one malloc arena), and the inference as evaluate "
+                             "runs (on CPU, one arena and the system allocator).")
 _CEILING_SIZE = flags.DEFINE_integer("ceiling_size", 4096,
                                      "Side of the square matrix product that measures the "
                                      "ceiling (0: skip the ceiling).", lower_bound=0)
@@ -378,7 +379,8 @@ def measure(kind, jit, config):
     from advent_tf.core import host_memory
 
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    host_memory.configure(config["compact_host_memory"], on_gpu)  # As train does.
+    # As train (evaluate, for the inference) does.
+    host_memory.configure(config["compact_host_memory"], on_gpu, inference=kind == INFERENCE)
     if on_gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
     with _policy(config):
@@ -463,7 +465,7 @@ def tf_tensor_peak(setup):
 
     Two figures, both from the memory events that TensorFlow's BFC allocator
     gives its profiler (with oneDNN, TensorFlow's default CPU allocator is a
-    BFC allocator only for blocks of 4 KiB and more and hands smaller ones to
+    BFC allocator only for blocks of 256 KiB and more and hands smaller ones to
     malloc; `BFC_VARIABLE` puts every tensor in one BFC allocator): the bytes
     the live tensors asked for, like for like with `torch_tensor_peak`'s count
     (PyTorch's CPU allocator gives each tensor exactly its size); and the

@@ -1,7 +1,8 @@
-"""Host memory: how glibc's malloc holds on to what the process frees.
+"""Host memory: where CPU tensors come from, and how glibc's malloc holds on to them.
 
-With oneDNN on (TensorFlow's default on x86 Linux), CPU tensors of 4 KiB and
-more come from TensorFlow's own BFC allocator, which keeps its regions;
+With oneDNN on (TensorFlow's default on x86 Linux), CPU tensors of 256 KiB and
+more come from TensorFlow's own BFC allocator, which keeps its regions
+(doubling: 2, 4, ... MiB; the pages its chunks have used stay resident);
 glibc's malloc serves the rest: small tensors, the traced graph in its
 several copies, the runtime's and oneDNN's own buffers (without oneDNN, as
 under `train --deterministic`, every tensor). With glibc's defaults freed
@@ -10,7 +11,7 @@ of its own (up to 8 per core), whose free blocks no other thread reuses;
 large blocks come from a heap that can only shrink from its top; and the
 mmap threshold rises with every large free.
 
-Two settings, measured on a 2-core AMD EPYC (Zen 4, AVX-512, 2026-11-30/12-01;
+The settings, measured on a 2-core AMD EPYC (Zen 4, AVX-512, 2026-11-30/12-01;
 figures and commands in README, *Allocators*):
 
 - One arena (`share_one_arena`): all threads reuse each other's free
@@ -21,12 +22,21 @@ figures and commands in README, *Allocators*):
   it to every CPU-only run (`configure`); where a GPU is visible it changes
   nothing, so that a many-core host's input pipeline keeps its per-thread
   arenas.
-- Compact (`return_freed_memory`, `train --compact_host_memory`): also
-  blocks of 128 KiB and more in mappings of their own, unmapped when freed.
-  86-198 MiB less than glibc's defaults for the ResNet-101 training steps,
-  but each such block is fresh memory to fault in: 0-5% slower with
-  oneDNN, where tensors do not go through glibc, and 56% slower without it
-  (the demo under --deterministic), so it is opt-in.
+- The system allocator (`use_system_allocator`): every tensor from
+  glibc's malloc instead of the BFC allocator, which frees at once what a
+  step frees, but each large block is fresh memory to fault in. ResNet-101
+  1024x512 inference (`evaluate` and `predict` on CPU): 492-522 MiB net
+  instead of 606-607, 6-7% slower. Training: at 640x360 + 512x256 the same
+  for source-only, 270-400 MiB more for MinEnt and AdvEnt (glibc's heap
+  keeps blocks under its 32 MiB mmap threshold); full-resolution AdvEnt
+  1.4 GiB less at 1.21x the time. So alone it is for inference only.
+- Compact (`return_freed_memory` and the system allocator,
+  `train --compact_host_memory`): also blocks of 128 KiB and more in
+  mappings of their own, unmapped when freed, so the resident set follows
+  the live tensors: full-resolution AdvEnt 7406 MiB net instead of 8915
+  (1.32x the time), at 640x360 + 512x256 230-250 MiB less than the default
+  (1.24x the time); without oneDNN (every tensor through glibc anyway) the
+  demo under --deterministic took 1.56x the time. So it is opt-in.
 
 And once, after the first training step (`release_free_heap`, run by
 `train`'s `callbacks.ReleaseFreeHeap`): the free pages inside glibc's heaps
@@ -34,7 +44,8 @@ go back to the system. A ResNet-101 MinEnt step's peak resident set was
 36 MiB lower on average (four alternating pairs, Zen 4, 2026-12-01); the
 call took 7 ms after a source-only step.
 
-A process that sets ``MALLOC_ARENA_MAX`` itself keeps its own choice.
+A process that sets ``MALLOC_ARENA_MAX`` or ``TF_ONEDNN_USE_SYSTEM_ALLOCATOR``
+itself keeps its own choice.
 """
 
 import ctypes
@@ -47,6 +58,9 @@ _M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 128 * 1024
 ONE_ARENA = "one_arena"
 COMPACT = "compact"
+SYSTEM_ALLOCATOR = "system_allocator"
+# Read by TensorFlow once, at its first CPU tensor (any size), when oneDNN is on.
+SYSTEM_ALLOCATOR_VARIABLE = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"
 
 
 def _glibc_function(name):
@@ -99,6 +113,18 @@ def return_freed_memory():
     return _mallopt(*settings)
 
 
+def use_system_allocator():
+    """Makes TensorFlow's CPU tensors come from malloc, not its BFC allocator; True if so.
+
+    Must run before TensorFlow's first CPU tensor (importing it and listing
+    devices are fine): TensorFlow reads the choice once. Without oneDNN every
+    tensor goes through malloc anyway. A value already in the environment is
+    kept; the return value then says whether it asks for the system allocator.
+    """
+    value = os.environ.setdefault(SYSTEM_ALLOCATOR_VARIABLE, "1")
+    return value.strip().lower() in ("1", "true")
+
+
 def release_free_heap():
     """Gives the free pages inside glibc's heaps back to the system (``malloc_trim(0)``).
 
@@ -128,18 +154,48 @@ def resident_bytes():
         return None
 
 
-def configure(compact, on_gpu):
-    """Applies what `train` runs with; returns the setting applied (None: glibc's defaults).
+def configure(compact, on_gpu, inference=False):
+    """Applies what the commands run with; returns the names of the settings applied.
+
+    Call it before TensorFlow's first tensor (see `use_system_allocator`).
 
     Args:
-      compact: ``--compact_host_memory``: `return_freed_memory`, anywhere.
-      on_gpu: a GPU is visible; without ``compact`` glibc is then left as it is.
+      compact: ``train --compact_host_memory``: `return_freed_memory` and
+        `use_system_allocator`, anywhere.
+      on_gpu: a GPU is visible; without ``compact`` nothing changes then.
+      inference: ``evaluate`` and ``predict``: on CPU, `use_system_allocator`
+        too (their peak is a forward pass, and the BFC allocator's doubled
+        region for its activations would stay resident).
 
     Returns:
-      `COMPACT`, `ONE_ARENA` or None (a GPU run, or not glibc).
+      A tuple of `COMPACT` or `ONE_ARENA`, then `SYSTEM_ALLOCATOR`, each where it
+      applied; empty for glibc's and TensorFlow's defaults.
     """
+    applied = []
     if compact:
-        return COMPACT if return_freed_memory() else None
-    if not on_gpu and share_one_arena():
-        return ONE_ARENA
-    return None
+        if return_freed_memory():
+            applied.append(COMPACT)
+    elif not on_gpu and share_one_arena():
+        applied.append(ONE_ARENA)
+    if (compact or (inference and not on_gpu)) and use_system_allocator():
+        applied.append(SYSTEM_ALLOCATOR)
+    return tuple(applied)
+
+
+def configure_command(compact=False, inference=False):
+    """`configure` for this machine, logged: what `train`, `evaluate` and `predict` run first.
+
+    Args:
+      compact: ``train --compact_host_memory``.
+      inference: an inference command (``evaluate``, ``predict``).
+
+    Returns:
+      `configure`'s tuple.
+    """
+    import tensorflow as tf  # Listing devices allocates no tensor.
+    from absl import logging
+
+    settings = configure(compact, bool(tf.config.list_physical_devices("GPU")), inference)
+    logging.info("Host memory: %s.",
+                 ", ".join(settings) or "glibc's and TensorFlow's default allocators")
+    return settings
