@@ -27,7 +27,7 @@ figures and commands in README, *Allocators*):
   step frees, but each large block is fresh memory to fault in. ResNet-101
   1024x512 inference (`evaluate` and `predict` on CPU): 492-522 MiB net
   instead of 606-607, 6-7% slower. Training: at 640x360 + 512x256 the same
-  for source-only, 270-400 MiB more for MinEnt and AdvEnt (glibc's heap
+  for source-only, 265-395 MiB more for MinEnt and AdvEnt (glibc's heap
   keeps blocks under its 32 MiB mmap threshold); full-resolution AdvEnt
   1.4 GiB less at 1.21x the time. So alone it is for inference only.
 - Compact (`return_freed_memory` and the system allocator,
