@@ -123,7 +123,7 @@ class RunConfig:
     mixed_precision: str = _field("float32")
     # Run a 16-bit policy even where the device only emulates it (slow).
     allow_emulated_precision: bool = _field(False, RESUME_EXECUTION)
-    # glibc: hand freed tensor memory back at once (smaller peak, slower).
+    # CPU tensors from malloc, handed back at once (smaller peak, slower).
     compact_host_memory: bool = _field(False, RESUME_EXECUTION)
     seed: int = _field(1234)
     deterministic: bool = _field(False, RESUME_EXECUTION)
