@@ -104,7 +104,9 @@ _OUTPUT_JSON = flags.DEFINE_string("output_json", None,
                                    "Also write the figures here (rewritten after each row).")
 _ISOLATE = flags.DEFINE_bool("isolate", True,
                              "Run each measurement in a fresh subprocess (own peak memory, "
-                             "crash-proof).")
+                             "crash-proof). Without it all run in this process, under the CPU "
+                             "allocator its first row fixed: the inference row then cannot use "
+                             "the system allocator as evaluate does.")
 _TIMEOUT = flags.DEFINE_integer("measurement_timeout", 1800,
                                 "Seconds before an isolated measurement is abandoned.",
                                 lower_bound=1)
