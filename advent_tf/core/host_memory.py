@@ -25,8 +25,11 @@ figures and commands in README, *Allocators*):
 - The system allocator (`use_system_allocator`): every tensor from
   glibc's malloc instead of the BFC allocator, which frees at once what a
   step frees, but each large block is fresh memory to fault in. ResNet-101
-  1024x512 inference (`evaluate` and `predict` on CPU): 492-522 MiB net
-  instead of 606-607, 6-7% slower. Training: at 640x360 + 512x256 the same
+  1024x512 inference (`evaluate` and `predict` on CPU): the forward pass
+  492-522 MiB net instead of 606-607, 6-7% slower; the whole `evaluate`
+  command (4 images, Cityscapes' 2048x1024 labels) 1346-1391 MiB peak
+  instead of 1388-1389, its peak being set with the label-size logits and
+  the input pipeline as well. Training: at 640x360 + 512x256 the same
   for source-only, 265-395 MiB more for MinEnt and AdvEnt (glibc's heap
   keeps blocks under its 32 MiB mmap threshold); full-resolution AdvEnt
   1.4 GiB less at 1.21x the time. So alone it is for inference only.
