@@ -84,6 +84,25 @@ def test_ensemble_cli_matches_the_reference_protocol(workdir):
         assert "Host memory: one_arena, system_allocator." in log
 
 
+@pytest.mark.parametrize("rows", [1, 7, 128])
+def test_blocked_prediction_is_the_argmax_of_the_whole_upsampled_map(rows):
+    """`ensemble_prediction` a few label rows at a time: the very classes of the whole map."""
+    keras.utils.set_random_seed(3)
+    members = [(build_segmenter("resnet_tiny", 19, True), 0.25),
+               (build_segmenter("resnet_tiny", 19, True), 0.75)]
+    for index, variable in enumerate(v for m, _ in members for v in m.trainable_variables):
+        # Freshly built, one class wins everywhere; perturbed, the maps vary.
+        variable.assign_add(tf.random.stateless_normal(variable.shape, [index, 1], stddev=0.2))
+    images = tf.random.stateless_normal([2, 24, 48, 3], [3, 0])
+    predict = tf.function(
+        lambda x, size: evaluation_protocol.ensemble_prediction(members, x, size, rows))
+    for size in [(97, 193), (129, 64), (1, 5)]:  # Last blocks short, whole, a single row.
+        whole = tf.argmax(evaluation_protocol.ensemble_logits(members, images, size), axis=-1,
+                          output_type=tf.int32)
+        assert len(np.unique(whole.numpy())) > 3 or size == (1, 5)
+        np.testing.assert_array_equal(predict(images, tf.constant(size)).numpy(), whole.numpy())
+
+
 def test_best_mode_resumes_an_interrupted_sweep(workdir):
     """A cache holding ckpt-2 (as an interrupted sweep leaves it): only ckpt-4 is scored."""
     out = workdir["root"] / "sweep"
