@@ -20,6 +20,13 @@ from advent_tf.data import labels as labels_lib
 from advent_tf.models import split_outputs
 
 
+def _main_logits(members, images):
+    """(float32 main logits at the network's output size, weight) of each member."""
+    for segmenter, weight in members:
+        _, main = split_outputs(segmenter(images, training=False))
+        yield tf.cast(main, tf.float32), weight
+
+
 def ensemble_logits(members, images, output_size):
     """Weighted sum of the members' main logits upsampled to `output_size`.
 
@@ -32,10 +39,8 @@ def ensemble_logits(members, images, output_size):
       float32 [B, H, W, C] logits.
     """
     total = 0.0
-    for segmenter, weight in members:
-        _, main = split_outputs(segmenter(images, training=False))
-        total += weight * ops.resize_bilinear_align_corners(tf.cast(main, tf.float32),
-                                                            output_size)
+    for main, weight in _main_logits(members, images):
+        total += weight * ops.resize_bilinear_align_corners(main, output_size)
     return total
 
 
@@ -60,11 +65,8 @@ def ensemble_prediction(members, images, output_size, rows=PREDICTION_ROWS):
     Returns:
       int32 [B, H, W] class map.
     """
-    widened = []
-    for segmenter, weight in members:
-        _, main = split_outputs(segmenter(images, training=False))
-        main = tf.cast(main, tf.float32)
-        widened.append((ops.lerp_along(main, 2, tf.shape(main)[2], output_size[1]), weight))
+    widened = [(ops.lerp_along(main, 2, tf.shape(main)[2], output_size[1]), weight)
+               for main, weight in _main_logits(members, images)]
     i0, i1, w1 = ops.linear_taps(tf.shape(widened[0][0])[1], output_size[0])
     height = tf.shape(i0)[0]
     prediction = tf.TensorArray(tf.int32, size=(height + rows - 1) // rows, infer_shape=False)
