@@ -66,7 +66,7 @@ def _checkpoint_predictor():
     @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8),
                                   tf.TensorSpec([2], tf.int32)])
     def run(resized, output_size):
-        return segment.segmentation_maps(segment.logits_of_resized(members, resized, output_size))
+        return segment.maps_of_resized(members, resized, output_size)
 
     def predict(images):
         image = images[0].numpy()

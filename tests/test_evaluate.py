@@ -14,6 +14,7 @@ import tensorflow as tf
 from advent_tf.experiment import segmenter_weights
 from advent_tf.inference import evaluation_protocol
 from advent_tf.core import ops
+from advent_tf.inference import segment
 from advent_tf.inference import sweep
 from advent_tf.data import demo
 from advent_tf.data import pipeline
@@ -84,23 +85,32 @@ def test_ensemble_cli_matches_the_reference_protocol(workdir):
         assert "Host memory: one_arena, system_allocator." in log
 
 
-@pytest.mark.parametrize("rows", [1, 7, 128])
+@pytest.mark.parametrize("rows", [1, 7, None])
 def test_blocked_prediction_is_the_argmax_of_the_whole_upsampled_map(rows):
-    """`ensemble_prediction` a few label rows at a time: the very classes of the whole map."""
+    """`ensemble_maps` a few label rows at a time: the whole map's classes and entropy."""
     keras.utils.set_random_seed(3)
     members = [(build_segmenter("resnet_tiny", 19, True), 0.25),
                (build_segmenter("resnet_tiny", 19, True), 0.75)]
     for index, variable in enumerate(v for m, _ in members for v in m.trainable_variables):
-        # Freshly built, one class wins everywhere; perturbed, the maps vary.
-        variable.assign_add(tf.random.stateless_normal(variable.shape, [index, 1], stddev=0.2))
+        # Freshly built, one class wins everywhere; perturbed, the maps vary (more
+        # would saturate the softmax: an entropy of 0 everywhere).
+        variable.assign_add(tf.random.stateless_normal(variable.shape, [index, 1], stddev=0.06))
     images = tf.random.stateless_normal([2, 24, 48, 3], [3, 0])
     predict = tf.function(
         lambda x, size: evaluation_protocol.ensemble_prediction(members, x, size, rows))
+    segment_maps = tf.function(lambda x, size: evaluation_protocol.ensemble_maps(
+        members, x, size, segment.pixel_maps, rows))
     for size in [(97, 193), (129, 64), (1, 5)]:  # Last blocks short, whole, a single row.
-        whole = tf.argmax(evaluation_protocol.ensemble_logits(members, images, size), axis=-1,
-                          output_type=tf.int32)
-        assert len(np.unique(whole.numpy())) > 3 or size == (1, 5)
-        np.testing.assert_array_equal(predict(images, tf.constant(size)).numpy(), whole.numpy())
+        whole = segment.segmentation_maps(
+            evaluation_protocol.ensemble_logits(members, images, size))
+        assert size == (1, 5) or (len(np.unique(whole["class_map"].numpy())) > 3
+                                  and np.ptp(whole["entropy"]) > 0.2)
+        np.testing.assert_array_equal(predict(images, tf.constant(size)).numpy(),
+                                      whole["class_map"].numpy())
+        maps = segment_maps(images, tf.constant(size))
+        np.testing.assert_array_equal(maps["class_map"].numpy(), whole["class_map"].numpy())
+        np.testing.assert_allclose(maps["entropy"].numpy(), whole["entropy"].numpy(),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_best_mode_resumes_an_interrupted_sweep(workdir):

@@ -1,10 +1,11 @@
-"""The exported SavedModel: signatures, equality with the Keras model, bad input, saved_model_cli."""
+"""The exported SavedModel: signatures, equality with Keras, bad input, saved_model_cli."""
 
 import io
 import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import PIL.Image
 import pytest
@@ -32,8 +33,7 @@ def exported(tmp_path_factory):
     path = saved_model.export([(model, 1.0)], labels.class_names(16), MODEL_SIZE, export_dir,
                               with_probabilities=True)
     images = np.random.default_rng(0).integers(0, 256, (2, 20, 36, 3), dtype=np.uint8)
-    keras_outputs = segment.segmentation_maps(
-        segment.logits_at_input_resolution([(model, 1.0)], images, MODEL_SIZE))
+    keras_outputs = segment.maps_at_input_resolution([(model, 1.0)], images, MODEL_SIZE, True)
     return {"dir": export_dir, "path": path, "images": images,
             "keras": {k: v.numpy() for k, v in keras_outputs.items()}}
 
@@ -71,6 +71,27 @@ def test_malformed_requests_are_errors(exported, loaded, payload):
         payload = [png, _png(exported["images"][0][:10])]
     with pytest.raises(tf.errors.InvalidArgumentError):
         loaded.signatures["serving_default"](image_bytes=tf.constant(payload, tf.string))
+
+
+def test_without_probabilities_the_maps_are_made_in_blocks_with_the_same_values(tmp_path):
+    """The default export makes its maps a block of rows at a time: those of the whole logits."""
+    keras.utils.set_random_seed(5)
+    model = build_segmenter("resnet_tiny", 16, True)
+    for index, variable in enumerate(model.trainable_variables):
+        # Freshly built, one class wins everywhere; perturbed, the maps vary (more
+        # would saturate the softmax: an entropy of 0 everywhere).
+        variable.assign_add(tf.random.stateless_normal(variable.shape, [index, 2], stddev=0.04))
+    # 300 rows of 401: 81 rows make `BLOCK_BYTES`; three whole blocks and a short one.
+    images = np.random.default_rng(1).integers(0, 256, (1, 300, 401, 3), dtype=np.uint8)
+    whole = segment.maps_at_input_resolution([(model, 1.0)], images, MODEL_SIZE, True)
+    path = saved_model.export([(model, 1.0)], labels.class_names(16), MODEL_SIZE,
+                              str(tmp_path / "export"))
+    outputs = tf.saved_model.load(path).signatures["image_tensor"](images=tf.constant(images))
+    assert set(outputs) == {"class_map", "entropy"}
+    assert len(np.unique(whole["class_map"].numpy())) > 3 and np.ptp(whole["entropy"]) > 0.2
+    np.testing.assert_array_equal(outputs["class_map"].numpy(), whole["class_map"].numpy())
+    np.testing.assert_allclose(outputs["entropy"].numpy(), whole["entropy"].numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_versions_are_never_overwritten(exported):

@@ -64,8 +64,9 @@ def test_writes_three_pngs_per_image_and_skips_the_bad_one(workdir, source):
         model.load_weights(str(workdir / "model.weights.h5"))
         image = PIL.Image.open(workdir / "images" / "a.png")
         resized = np.asarray(image.resize((32, 16), PIL.Image.BICUBIC))[None]
-        logits = segment.logits_of_resized([(model, 1.0)], resized, (20, 36))
-        expected = visualize.colorize(np.argmax(logits.numpy()[0], -1), 16)
+        # The whole-map path (with probabilities) against the CLI's blocked one.
+        maps = segment.maps_of_resized([(model, 1.0)], resized, (20, 36), True)
+        expected = visualize.colorize(maps["class_map"].numpy()[0], 16)
         np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / "a_color.png")), expected)
 
 

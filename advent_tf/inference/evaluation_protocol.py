@@ -44,41 +44,77 @@ def ensemble_logits(members, images, output_size):
     return total
 
 
-# Label rows whose upsampled logits exist at once in `ensemble_prediction`.
-PREDICTION_ROWS = 128
+# Bytes of upsampled float32 logits per block in `ensemble_maps`: small
+# enough to fit in what the forward pass has just freed.
+BLOCK_BYTES = 2 * 1024 * 1024
 
 
-def ensemble_prediction(members, images, output_size, rows=PREDICTION_ROWS):
-    """The argmax of `ensemble_logits`, upsampled and reduced `rows` label rows at a time.
+def ensemble_maps(members, images, output_size, pixel_maps, rows=None):
+    """Per-pixel maps of `ensemble_logits`, upsampled and reduced a block of label rows at a time.
 
     The same values (each upsampled logit is the same two-tap lerp of the same
     width-upsampled row), without the whole label-size map: at Cityscapes'
-    2048x1024 labels that map is 152 MiB for 19 classes, and its height lerp
-    makes two gathered copies of it.
+    2048x1024 labels that map is 152 MiB for 19 classes, its height lerp
+    makes two gathered copies of it, and a softmax or an entropy more. Blocks
+    of `BLOCK_BYTES` (13 rows there) reuse memory the forward pass has freed,
+    so the maps add next to nothing to its peak (ResNet-101 at 1024x512,
+    2048x1024 output, softmax and entropy: peak resident set 1175-1239 MiB
+    with 8-26 rows against 1435-1567 with 128 and 1673 whole, the forward pass
+    alone 1175-1211; Zen 4, 2026-12-01).
 
     Args:
       members: list of (segmenter, weight).
       images: preprocessed [B, h, w, 3] batch.
       output_size: (height, width) of the labels.
-      rows: label rows per block.
+      pixel_maps: function of float32 logits [B, r, W, C] (a block of r label
+        rows) to a dict of [B, r, W] maps, each pixel's value a function of
+        that pixel's logits alone.
+      rows: label rows per block; default: `BLOCK_BYTES` of logits.
 
     Returns:
-      int32 [B, H, W] class map.
+      The dict of `pixel_maps`, each map [B, H, W].
     """
     widened = [(ops.lerp_along(main, 2, tf.shape(main)[2], output_size[1]), weight)
                for main, weight in _main_logits(members, images)]
-    i0, i1, w1 = ops.linear_taps(tf.shape(widened[0][0])[1], output_size[0])
-    height = tf.shape(i0)[0]
-    prediction = tf.TensorArray(tf.int32, size=(height + rows - 1) // rows, infer_shape=False)
-    for block in tf.range(prediction.size()):
+    batch, height, width, classes = tf.unstack(tf.shape(widened[0][0]))
+    if rows is None:
+        rows = tf.maximum(1, BLOCK_BYTES // (4 * batch * width * classes))
+    i0, i1, w1 = ops.linear_taps(height, output_size[0])
+    blocks = (tf.shape(i0)[0] + rows - 1) // rows
+
+    def maps_of_block(block):
         taps = [t[block * rows:(block + 1) * rows] for t in (i0, i1, w1)]
         total = 0.0
         for rows_of_member, weight in widened:
             total += weight * ops.lerp_taps(rows_of_member, 1, *taps)
-        # [rows, B, W]: the array concatenates along its first axis.
-        prediction = prediction.write(block, tf.transpose(
-            tf.argmax(total, axis=-1, output_type=tf.int32), [1, 0, 2]))
-    return tf.transpose(prediction.concat(), [1, 0, 2])
+        # [r, B, W]: a TensorArray concatenates along the first axis.
+        return {name: tf.transpose(m, [1, 0, 2]) for name, m in pixel_maps(total).items()}
+
+    # The first block outside the loop gives the arrays their dtypes.
+    arrays = {name: tf.TensorArray(m.dtype, size=blocks, infer_shape=False).write(0, m)
+              for name, m in maps_of_block(0).items()}
+    for block in tf.range(1, blocks):
+        maps = maps_of_block(block)
+        arrays = {name: array.write(block, maps[name]) for name, array in arrays.items()}
+    return {name: tf.transpose(array.concat(), [1, 0, 2]) for name, array in arrays.items()}
+
+
+def ensemble_prediction(members, images, output_size, rows=None):
+    """The argmax of `ensemble_logits`, a block of label rows at a time (`ensemble_maps`).
+
+    Args:
+      members: list of (segmenter, weight).
+      images: preprocessed [B, h, w, 3] batch.
+      output_size: (height, width) of the labels.
+      rows: label rows per block; default: `BLOCK_BYTES` of logits.
+
+    Returns:
+      int32 [B, H, W] class map.
+    """
+    return ensemble_maps(
+        members, images, output_size,
+        lambda logits: {"class_map": tf.argmax(logits, axis=-1, output_type=tf.int32)},
+        rows)["class_map"]
 
 
 def label_mapping(label_num_classes, num_classes):

@@ -53,11 +53,8 @@ class SegmentationModule(tf.Module):
 
     def _outputs(self, images):
         members = list(zip(self.segmenters, self._weights))
-        logits = segment.logits_at_input_resolution(members, images, self._model_size)
-        outputs = segment.segmentation_maps(logits)
-        if not self._with_probabilities:
-            del outputs["probabilities"]
-        return outputs
+        return segment.maps_at_input_resolution(members, images, self._model_size,
+                                                self._with_probabilities)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve_tensor(self, images):
