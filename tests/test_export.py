@@ -96,6 +96,11 @@ def test_without_probabilities_the_maps_are_made_in_blocks_with_the_same_values(
 
 def test_versions_are_never_overwritten(exported):
     assert saved_model.next_version(exported["dir"]) == 2
+    # Not the staging directory's owner-only mode: what makedirs gives (umask applied).
+    os.makedirs(os.path.join(exported["dir"], "plain"))
+    mode = os.stat(os.path.join(exported["dir"], "plain")).st_mode
+    os.rmdir(os.path.join(exported["dir"], "plain"))
+    assert os.stat(exported["path"]).st_mode == mode
     assert saved_model.resolve_saved_model(exported["dir"]) == exported["path"]
     with pytest.raises(FileExistsError):
         saved_model.export([], labels.class_names(16), MODEL_SIZE, exported["dir"], version=1)

@@ -134,6 +134,12 @@ def export(members, class_names, model_size, export_dir, version=None,
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_dir)
     try:
         tf.saved_model.save(module, staging, signatures=signatures)
+        # mkdtemp makes the directory readable by its owner only; the version
+        # gets a directory's usual mode, so that a server running as another
+        # user (TF Serving's container, say) can read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
         os.rename(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
