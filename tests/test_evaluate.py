@@ -100,6 +100,9 @@ def test_blocked_prediction_is_the_argmax_of_the_whole_upsampled_map(rows):
         lambda x, size: evaluation_protocol.ensemble_prediction(members, x, size, rows))
     segment_maps = tf.function(lambda x, size: evaluation_protocol.ensemble_maps(
         members, x, size, segment.pixel_maps, rows))
+    # XLA needs every block of one shape (sizes known when it compiles).
+    compiled = tf.function(lambda x: evaluation_protocol.ensemble_prediction(
+        members, x, (97, 193), rows), jit_compile=True)
     for size in [(97, 193), (129, 64), (1, 5)]:  # Last blocks short, whole, a single row.
         whole = segment.segmentation_maps(
             evaluation_protocol.ensemble_logits(members, images, size))
@@ -111,6 +114,8 @@ def test_blocked_prediction_is_the_argmax_of_the_whole_upsampled_map(rows):
         np.testing.assert_array_equal(maps["class_map"].numpy(), whole["class_map"].numpy())
         np.testing.assert_allclose(maps["entropy"].numpy(), whole["entropy"].numpy(),
                                    rtol=1e-5, atol=1e-6)
+        if size == (97, 193):
+            np.testing.assert_array_equal(compiled(images).numpy(), whole["class_map"].numpy())
 
 
 def test_best_mode_resumes_an_interrupted_sweep(workdir):

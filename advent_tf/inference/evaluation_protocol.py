@@ -80,23 +80,33 @@ def ensemble_maps(members, images, output_size, pixel_maps, rows=None):
     if rows is None:
         rows = tf.maximum(1, BLOCK_BYTES // (4 * batch * width * classes))
     i0, i1, w1 = ops.linear_taps(height, output_size[0])
-    blocks = (tf.shape(i0)[0] + rows - 1) // rows
+    blocks = (output_size[0] + rows - 1) // rows
+    # Every block of `rows` rows, the last one padded with the final row: under
+    # XLA a TensorArray's elements must all have one shape.
+    padded = tf.minimum(tf.range(blocks * rows), output_size[0] - 1)
+    i0, i1, w1 = [tf.gather(t, padded) for t in (i0, i1, w1)]
 
     def maps_of_block(block):
-        taps = [t[block * rows:(block + 1) * rows] for t in (i0, i1, w1)]
+        # tf.slice: a size XLA sees as fixed (a strided slice's end is dynamic).
+        taps = [tf.slice(t, [block * rows], [rows]) for t in (i0, i1, w1)]
         total = 0.0
         for rows_of_member, weight in widened:
             total += weight * ops.lerp_taps(rows_of_member, 1, *taps)
-        # [r, B, W]: a TensorArray concatenates along the first axis.
-        return {name: tf.transpose(m, [1, 0, 2]) for name, m in pixel_maps(total).items()}
+        return pixel_maps(total)
+
+    def joined(array):
+        """[blocks, B, rows, W] -> [B, H, W], without the padding."""
+        stacked = tf.transpose(array.stack(), [1, 0, 2, 3])
+        shape = tf.shape(stacked)
+        return tf.reshape(stacked, [shape[0], -1, shape[3]])[:, :output_size[0]]
 
     # The first block outside the loop gives the arrays their dtypes.
-    arrays = {name: tf.TensorArray(m.dtype, size=blocks, infer_shape=False).write(0, m)
+    arrays = {name: tf.TensorArray(m.dtype, size=blocks).write(0, m)
               for name, m in maps_of_block(0).items()}
     for block in tf.range(1, blocks):
         maps = maps_of_block(block)
         arrays = {name: array.write(block, maps[name]) for name, array in arrays.items()}
-    return {name: tf.transpose(array.concat(), [1, 0, 2]) for name, array in arrays.items()}
+    return {name: joined(array) for name, array in arrays.items()}
 
 
 def ensemble_prediction(members, images, output_size, rows=None):
