@@ -34,7 +34,7 @@ def exported(tmp_path_factory):
                               with_probabilities=True)
     images = np.random.default_rng(0).integers(0, 256, (2, 20, 36, 3), dtype=np.uint8)
     keras_outputs = segment.maps_at_input_resolution([(model, 1.0)], images, MODEL_SIZE, True)
-    return {"dir": export_dir, "path": path, "images": images,
+    return {"dir": export_dir, "path": path, "images": images, "weights": len(model.weights),
             "keras": {k: v.numpy() for k, v in keras_outputs.items()}}
 
 
@@ -59,6 +59,10 @@ def test_signatures_and_predictions_equal_the_keras_model(exported, loaded):
         np.testing.assert_allclose(outputs["probabilities"].numpy(), expected["probabilities"],
                                    atol=1e-5)
     assert 0.0 <= from_bytes["entropy"].numpy().min() <= from_bytes["entropy"].numpy().max() <= 1.0
+    # Each weight stored once, beside num_classes, class_names and model_size.
+    stored = [name for name, _ in tf.train.list_variables(
+        os.path.join(exported["path"], "variables", "variables")) if "VARIABLE_VALUE" in name]
+    assert len(stored) == exported["weights"] + 3, stored[:5]
 
 
 @pytest.mark.parametrize("payload", [

@@ -43,8 +43,12 @@ class SegmentationModule(tf.Module):
 
     def __init__(self, members, class_names, model_size, with_probabilities=False):
         super().__init__(name="advent_segmentation")
-        self.segmenters = [model for model, _ in members]
-        self._weights = [float(weight) for _, weight in members]
+        # Set past tf.Module's tracking: the saved model keeps the variables
+        # its signatures capture (`export`); tracking the Keras models as well
+        # wrote every weight twice (a SavedModel twice the size of the weights,
+        # and twice as much to restore).
+        object.__setattr__(self, "_members",
+                           [(model, float(weight)) for model, weight in members])
         self._model_size = tuple(int(s) for s in model_size)
         self._with_probabilities = with_probabilities
         self.num_classes = tf.Variable(len(class_names), trainable=False, dtype=tf.int32)
@@ -52,8 +56,7 @@ class SegmentationModule(tf.Module):
         self.model_size = tf.Variable(self._model_size, trainable=False, dtype=tf.int32)
 
     def _outputs(self, images):
-        members = list(zip(self.segmenters, self._weights))
-        return segment.maps_at_input_resolution(members, images, self._model_size,
+        return segment.maps_at_input_resolution(self._members, images, self._model_size,
                                                 self._with_probabilities)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
