@@ -96,6 +96,14 @@ def test_without_probabilities_the_maps_are_made_in_blocks_with_the_same_values(
     np.testing.assert_array_equal(outputs["class_map"].numpy(), whole["class_map"].numpy())
     np.testing.assert_allclose(outputs["entropy"].numpy(), whole["entropy"].numpy(),
                                rtol=1e-5, atol=1e-6)
+    # The TF1-style loader (TF Serving's kind) runs the blocks' while loop too.
+    np.save(tmp_path / "images.npy", images)
+    _saved_model_cli("run", "--dir", path, "--tag_set", "serve", "--signature_def",
+                     "image_tensor", "--inputs", f"images={tmp_path / 'images.npy'}",
+                     "--outdir", str(tmp_path))
+    np.testing.assert_array_equal(np.load(tmp_path / "class_map.npy"), whole["class_map"])
+    np.testing.assert_allclose(np.load(tmp_path / "entropy.npy"), whole["entropy"],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_versions_are_never_overwritten(exported):
