@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from advent_tf.inference import segment
 from advent_tf.inference import saved_model
@@ -63,6 +65,12 @@ def test_signatures_and_predictions_equal_the_keras_model(exported, loaded):
     stored = [name for name, _ in tf.train.list_variables(
         os.path.join(exported["path"], "variables", "variables")) if "VARIABLE_VALUE" in name]
     assert len(stored) == exported["weights"] + 3, stored[:5]
+    # And each serving function traced once in the graph.
+    with open(os.path.join(exported["path"], "saved_model.pb"), "rb") as f:
+        graph = saved_model_pb2.SavedModel.FromString(f.read())
+    names = [f.signature.name for f in graph.meta_graphs[0].graph_def.library.function]
+    for function in ("serve_bytes", "serve_tensor"):
+        assert len([n for n in names if re.fullmatch(f"__inference_{function}_\\d+", n)]) == 1
 
 
 @pytest.mark.parametrize("payload", [

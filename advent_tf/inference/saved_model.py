@@ -121,18 +121,21 @@ def export(members, class_names, model_size, export_dir, version=None,
         raise FileExistsError(f"{path} exists; pick another --version")
     os.makedirs(export_dir, exist_ok=True)
     module = SegmentationModule(members, class_names, model_size, with_probabilities)
-    serve_bytes = module.serve_bytes.get_concrete_function()
+    # The tf.functions themselves, not concrete functions traced here: saving
+    # traces them again (in its own context) and, given concrete functions
+    # traced outside, stored both traces (every function twice in the graph).
     signatures = {
-        "serving_default": serve_bytes,
-        "image_bytes": serve_bytes,
-        "image_tensor": module.serve_tensor.get_concrete_function(),
+        "serving_default": module.serve_bytes,
+        "image_bytes": module.serve_bytes,
+        "image_tensor": module.serve_tensor,
     }
     # Keras 3 layers reach their tf.Variables through wrappers that the
     # TF1-style loader of TF Serving and `saved_model_cli run` does not always
     # restore ("Could not find variable ..."); tracking the variables the
     # signatures capture directly, as keras.export.ExportArchive does, saves
     # every one of them under a path both loaders follow.
-    captured = {id(v): v for function in signatures.values() for v in function.variables}
+    captured = {id(v): v for function in (module.serve_bytes, module.serve_tensor)
+                for v in function.get_concrete_function().variables}
     module.captured_variables = list(captured.values())
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_dir)
     try:
