@@ -78,7 +78,9 @@ def ensemble_maps(members, images, output_size, pixel_maps, rows=None):
                for main, weight in _main_logits(members, images)]
     batch, height, width, classes = tf.unstack(tf.shape(widened[0][0]))
     if rows is None:
-        rows = tf.maximum(1, BLOCK_BYTES // (4 * batch * width * classes))
+        # Not more than the output has: padding a short image to BLOCK_BYTES is waste.
+        row_bytes = 4 * tf.maximum(batch * width * classes, 1)
+        rows = tf.clip_by_value(BLOCK_BYTES // row_bytes, 1, output_size[0])
     i0, i1, w1 = ops.linear_taps(height, output_size[0])
     blocks = (output_size[0] + rows - 1) // rows
     # Every block of `rows` rows, the last one padded with the final row: under
