@@ -87,6 +87,25 @@ def test_sixteen_class_maps_use_the_19_class_colours():
     assert ramp[0, 0].sum() < ramp[0, 1].sum() < ramp[0, 2].sum()
 
 
+def test_pictures_are_rendered_a_block_of_rows_at_a_time_with_the_whole_values():
+    rng = np.random.default_rng(0)
+    # 600 rows: two whole blocks of 256 and a short one.
+    entropy = rng.uniform(-0.1, 1.1, (600, 7)).astype(np.float32)
+    position = np.clip(entropy, 0, 1) * 4
+    low = np.minimum(np.floor(position), 3).astype(int)
+    fraction = (position - low)[..., None]
+    ramp = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)],
+                    np.float32)
+    expected = np.round((1 - fraction) * ramp[low] + fraction * ramp[low + 1]).astype(np.uint8)
+    np.testing.assert_array_equal(visualize.entropy_image(entropy), expected)
+    np.testing.assert_array_equal(visualize.entropy_image(np.array([[0.0, 1.0, 0.125]])),
+                                  [[[0, 0, 4], [252, 255, 164], [44, 8, 57]]])
+    image, colours = rng.integers(0, 256, (2, 600, 7, 3), np.uint8)
+    blend = 0.7 * image.astype(np.float32) + 0.3 * colours.astype(np.float32)
+    np.testing.assert_array_equal(visualize.overlay(image, colours, 0.3),
+                                  np.round(blend).astype(np.uint8))
+
+
 def test_inputs_sharing_a_stem_never_share_an_output(tmp_path):
     """a.png and a.jpg in one folder, and the same relative path under two folders."""
     for folder in ("one", "two"):

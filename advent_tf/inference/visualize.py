@@ -19,6 +19,22 @@ from advent_tf.core import constants
 # yellow: the look of the paper's entropy figures); confident pixels are dark.
 _RAMP = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)],
                  dtype=np.float32)
+# Rows rendered at a time: whole, a 12-megapixel photo's float temporaries
+# took ~0.15 GB each (`predict`'s peak 2.2 GB with them, see `_by_rows`).
+_ROWS = 256
+
+
+def _by_rows(render, *arrays):
+    """`render` over blocks of `_ROWS` rows of `arrays`, into one uint8 [H, W, 3] image.
+
+    The same values as `render(*arrays)`: each pixel's colour depends on that
+    pixel alone.
+    """
+    out = np.empty(arrays[0].shape[:2] + (3,), np.uint8)
+    for start in range(0, out.shape[0], _ROWS):
+        rows = slice(start, start + _ROWS)
+        out[rows] = render(*(a[rows] for a in arrays))
+    return out
 
 
 def _voc_colour(index):
@@ -70,6 +86,10 @@ def entropy_image(entropy):
     Returns:
       uint8 [H, W, 3] RGB.
     """
+    return _by_rows(_ramp_colours, np.asarray(entropy))
+
+
+def _ramp_colours(entropy):
     position = np.clip(np.asarray(entropy, np.float32), 0.0, 1.0) * (len(_RAMP) - 1)
     low = np.minimum(np.floor(position).astype(np.int32), len(_RAMP) - 2)
     fraction = (position - low)[..., None]
@@ -79,8 +99,12 @@ def entropy_image(entropy):
 
 def overlay(image, colours, alpha=0.5):
     """Blends a colour-coded map over the RGB image (alpha = weight of the colours)."""
-    blend = (1.0 - alpha) * np.asarray(image, np.float32) + alpha * np.asarray(colours, np.float32)
-    return np.round(blend).astype(np.uint8)
+    def blend(image_rows, colour_rows):
+        mixed = ((1.0 - alpha) * np.asarray(image_rows, np.float32)
+                 + alpha * np.asarray(colour_rows, np.float32))
+        return np.round(mixed).astype(np.uint8)
+
+    return _by_rows(blend, np.asarray(image), np.asarray(colours))
 
 
 def save_png(path, array):
