@@ -1,4 +1,4 @@
-"""End-to-end tests of `python -m advent_tf.predict` (checkpoint and SavedModel) and the pictures."""
+"""End-to-end tests of `python -m advent_tf.predict` (checkpoint, SavedModel) and the pictures."""
 
 import os
 import subprocess
@@ -123,4 +123,3 @@ def test_inputs_sharing_a_stem_never_share_an_output(tmp_path):
     # A name unique among the inputs keeps the plain stem.
     assert image_files.list_images([str(tmp_path / "one" / "sub")]) == [
         (str(tmp_path / "one" / "sub" / "c.png"), "c")]
-
