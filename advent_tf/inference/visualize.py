@@ -19,8 +19,8 @@ from advent_tf.core import constants
 # yellow: the look of the paper's entropy figures); confident pixels are dark.
 _RAMP = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)],
                  dtype=np.float32)
-# Rows rendered at a time: whole, a 12-megapixel photo's float temporaries
-# took ~0.15 GB each (`predict`'s peak 2.2 GB with them, see `_by_rows`).
+# Rows rendered at a time: rendered whole, a 12-megapixel photo's float
+# temporaries took ~0.15 GB each (`predict`'s peak 2.2 GB, by rows 1.3 GB).
 _ROWS = 256
 
 
@@ -90,6 +90,7 @@ def entropy_image(entropy):
 
 
 def _ramp_colours(entropy):
+    """The ramp's colour of each entropy value, uint8 [..., 3] (`entropy_image`'s rows)."""
     position = np.clip(np.asarray(entropy, np.float32), 0.0, 1.0) * (len(_RAMP) - 1)
     low = np.minimum(np.floor(position).astype(np.int32), len(_RAMP) - 2)
     fraction = (position - low)[..., None]
