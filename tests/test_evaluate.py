@@ -118,6 +118,26 @@ def test_blocked_prediction_is_the_argmax_of_the_whole_upsampled_map(rows):
             np.testing.assert_array_equal(compiled(images).numpy(), whole["class_map"].numpy())
 
 
+def test_default_blocks_are_small_on_cpu_and_whole_maps_on_a_gpu(monkeypatch):
+    """Eagerly, `pixel_maps` runs once per block: count them with and without a GPU."""
+    members = [(build_segmenter("resnet_tiny", 19, True), 1.0)]
+    images = tf.random.stateless_normal([1, 16, 32, 3], [4, 0])
+    blocks = []
+
+    def argmax(logits):
+        blocks.append(logits.shape[1])
+        return {"class_map": tf.argmax(logits, axis=-1)}
+
+    size = (300, 200)  # 2 MiB hold 137 rows of 200 x 19: three blocks, the last padded.
+    evaluation_protocol.ensemble_maps(members, images, size, argmax)
+    assert blocks == [137] * 3, blocks
+    blocks.clear()
+    monkeypatch.setattr(tf.config, "list_logical_devices",
+                        lambda kind=None: ["/device:GPU:0"] if kind == "GPU" else [])
+    evaluation_protocol.ensemble_maps(members, images, size, argmax)
+    assert blocks == [300], blocks
+
+
 def test_best_mode_resumes_an_interrupted_sweep(workdir):
     """A cache holding ckpt-2 (as an interrupted sweep leaves it): only ckpt-4 is scored."""
     out = workdir["root"] / "sweep"

@@ -44,9 +44,13 @@ def ensemble_logits(members, images, output_size):
     return total
 
 
-# Bytes of upsampled float32 logits per block in `ensemble_maps`: small
-# enough to fit in what the forward pass has just freed.
+# Bytes of upsampled float32 logits per block in `ensemble_maps`. On CPU, small
+# enough to fit in what the forward pass has just freed. Where a GPU is visible,
+# a whole Cityscapes map (152 MiB) makes one block: memory is not what limits
+# there, and every further block is one more trip of the loop, whose ops the
+# host dispatches one by one (unmeasured: no GPU here).
 BLOCK_BYTES = 2 * 1024 * 1024
+GPU_BLOCK_BYTES = 256 * 1024 * 1024
 
 
 def ensemble_maps(members, images, output_size, pixel_maps, rows=None):
@@ -69,7 +73,8 @@ def ensemble_maps(members, images, output_size, pixel_maps, rows=None):
       pixel_maps: function of float32 logits [B, r, W, C] (a block of r label
         rows) to a dict of [B, r, W] maps, each pixel's value a function of
         that pixel's logits alone.
-      rows: label rows per block; default: `BLOCK_BYTES` of logits.
+      rows: label rows per block; default: `BLOCK_BYTES` of logits
+        (`GPU_BLOCK_BYTES` where a GPU is visible).
 
     Returns:
       The dict of `pixel_maps`, each map [B, H, W].
@@ -78,9 +83,10 @@ def ensemble_maps(members, images, output_size, pixel_maps, rows=None):
                for main, weight in _main_logits(members, images)]
     batch, height, width, classes = tf.unstack(tf.shape(widened[0][0]))
     if rows is None:
-        # Not more than the output has: padding a short image to BLOCK_BYTES is waste.
+        block_bytes = GPU_BLOCK_BYTES if tf.config.list_logical_devices("GPU") else BLOCK_BYTES
+        # Not more than the output has: padding a short image to a block is waste.
         row_bytes = 4 * tf.maximum(batch * width * classes, 1)
-        rows = tf.clip_by_value(BLOCK_BYTES // row_bytes, 1, output_size[0])
+        rows = tf.clip_by_value(block_bytes // row_bytes, 1, output_size[0])
     i0, i1, w1 = ops.linear_taps(height, output_size[0])
     blocks = (output_size[0] + rows - 1) // rows
     # Every block of `rows` rows, the last one padded with the final row: under
@@ -118,7 +124,7 @@ def ensemble_prediction(members, images, output_size, rows=None):
       members: list of (segmenter, weight).
       images: preprocessed [B, h, w, 3] batch.
       output_size: (height, width) of the labels.
-      rows: label rows per block; default: `BLOCK_BYTES` of logits.
+      rows: label rows per block; default: that of `ensemble_maps`.
 
     Returns:
       int32 [B, H, W] class map.
