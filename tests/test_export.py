@@ -95,8 +95,8 @@ def test_without_probabilities_the_maps_are_made_in_blocks_with_the_same_values(
         # would saturate the softmax: an entropy of 0 everywhere).
         variable.assign_add(tf.random.stateless_normal(variable.shape, [index, 2], stddev=0.04))
     # 300 rows of 401: 81 rows make `BLOCK_BYTES`; three whole blocks and a short one.
-    assert 300 % (evaluation_protocol.BLOCK_BYTES // (4 * 401 * 16)) and (
-        evaluation_protocol.BLOCK_BYTES // (4 * 401 * 16) < 150)
+    block_rows = evaluation_protocol.BLOCK_BYTES // (4 * 401 * 16)
+    assert 300 % block_rows and block_rows < 150
     images = np.random.default_rng(1).integers(0, 256, (1, 300, 401, 3), dtype=np.uint8)
     whole = segment.maps_at_input_resolution([(model, 1.0)], images, MODEL_SIZE, True)
     path = saved_model.export([(model, 1.0)], labels.class_names(16), MODEL_SIZE,

@@ -32,8 +32,8 @@ figures and commands in README, *Allocators*):
   the input pipeline as well. Training: at 640x360 + 512x256 the same
   for source-only, 265-395 MiB more for MinEnt and AdvEnt (glibc's heap
   keeps blocks under its 32 MiB mmap threshold); full-resolution AdvEnt
-  0.4-1.4 GiB less at 1.21-1.22x the time (two runs; glibc's heap grows
-  over the calls). So alone it is for inference only.
+  0.4-1.4 GiB less at 1.21-1.22x the time (two runs, of two and of three
+  calls; why they differ so much was not traced). So alone it is for inference only.
 - Compact (`return_freed_memory` and the system allocator,
   `train --compact_host_memory`): also blocks of 128 KiB and more in
   mappings of their own, unmapped when freed, so the resident set follows
