@@ -82,7 +82,7 @@ def test_ensemble_cli_matches_the_reference_protocol(workdir):
     assert "traffic light" in log and "mIoU" in log
     assert os.listdir(out / "tensorboard")
     if sys.platform.startswith("linux"):  # glibc: CPU inference, tensors from malloc.
-        assert "Host memory: one_arena, system_allocator." in log
+        assert "Host memory: one_arena, system_allocator, large_blocks_mapped." in log
 
 
 @pytest.mark.parametrize("rows", [1, 7, None])

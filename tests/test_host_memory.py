@@ -60,6 +60,20 @@ thread.join()
 print("main heap" if in_heap(blocks[0]) else "own arena")
 """
 
+# Where a 4 MiB and a 12 MiB block lie after `configure` for CPU inference
+# ("inference") or training ("train") and a freed 24 MiB block, which raises
+# glibc's dynamic mmap threshold to 24 MiB: the settings' names, then "heap" or
+# "own" per block. argv[2]: the environment's MALLOC_MMAP_THRESHOLD_ ("-": unset).
+_INFERENCE_PLACEMENT = _MALLOC + """
+if sys.argv[2] != "-":
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = sys.argv[2]  # As if set before the start.
+from advent_tf.core import host_memory
+settings = host_memory.configure(compact=False, on_gpu=False, inference=sys.argv[1] == "inference")
+libc.free(libc.malloc(24 << 20))
+print(",".join(settings),
+      *("heap" if in_heap(libc.malloc(mib << 20)) else "own" for mib in (4, 12)))
+"""
+
 # Which allocator holds a 32 MiB tensor made after `configure_command`: the
 # names it applied, then TensorFlow's BFC allocator's peak in MiB (0: the
 # tensor came from malloc). argv: "compact", "inference" or "train"; the
@@ -143,9 +157,22 @@ def test_inference_and_compact_runs_put_tensors_in_malloc_on_cpu():
     assert _tensor_allocator("train", "-", "advent_tf.train") == ("one_arena", 64)
     assert _tensor_allocator("compact", "-", "advent_tf.train") == ("compact,system_allocator", 0)
     for command in ("advent_tf.evaluate", "advent_tf.predict"):
-        assert _tensor_allocator("inference", "-", command) == ("one_arena,system_allocator", 0)
+        assert _tensor_allocator("inference", "-", command) == (
+            "one_arena,system_allocator,large_blocks_mapped", 0)
     # A user's choice is kept.
     assert _tensor_allocator("inference", "0", "advent_tf.evaluate") == ("one_arena", 64)
+
+
+def test_cpu_inference_maps_blocks_of_8_mib_and_more_on_their_own():
+    if not sys.platform.startswith("linux"):
+        return  # glibc only; elsewhere `configure` is a documented no-op.
+    assert _run(_INFERENCE_PLACEMENT, "inference", "-").split() == [
+        "one_arena,system_allocator,large_blocks_mapped", "heap", "own"]
+    # What the setting changes: under the raised dynamic threshold, the heap.
+    assert _run(_INFERENCE_PLACEMENT, "train", "-").split() == ["one_arena", "heap", "heap"]
+    # A user's threshold is kept (glibc would read it at start).
+    assert _run(_INFERENCE_PLACEMENT, "inference", str(32 << 20)).split() == [
+        "one_arena,system_allocator", "heap", "heap"]
 
 
 def test_free_heap_pages_below_a_block_in_use_go_back():

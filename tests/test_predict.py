@@ -50,7 +50,8 @@ def test_writes_three_pngs_per_image_and_skips_the_bad_one(workdir, source):
     assert "2 image(s) segmented" in result.stdout and "2 skipped" in result.stdout
     assert "broken.png" in result.stderr and "missing.png" in result.stderr
     if sys.platform.startswith("linux"):  # glibc: CPU inference, tensors from malloc.
-        assert "Host memory: one_arena, system_allocator." in result.stderr
+        assert ("Host memory: one_arena, system_allocator, large_blocks_mapped."
+                in result.stderr)
     for name, size in (("a", (36, 20)), (os.path.join("city", "b"), (30, 18))):
         for kind in ("color", "entropy", "overlay"):
             with PIL.Image.open(out / f"{name}_{kind}.png") as image:
