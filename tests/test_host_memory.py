@@ -60,7 +60,7 @@ thread.join()
 print("main heap" if in_heap(blocks[0]) else "own arena")
 """
 
-# Where a 4 MiB and a 12 MiB block lie after `configure` for CPU inference
+# Where an 8 MiB and a 20 MiB block lie after `configure` for CPU inference
 # ("inference") or training ("train") and a freed 24 MiB block, which raises
 # glibc's dynamic mmap threshold to 24 MiB: the settings' names, then "heap" or
 # "own" per block. argv[2]: the environment's MALLOC_MMAP_THRESHOLD_ ("-": unset).
@@ -71,7 +71,7 @@ from advent_tf.core import host_memory
 settings = host_memory.configure(compact=False, on_gpu=False, inference=sys.argv[1] == "inference")
 libc.free(libc.malloc(24 << 20))
 print(",".join(settings),
-      *("heap" if in_heap(libc.malloc(mib << 20)) else "own" for mib in (4, 12)))
+      *("heap" if in_heap(libc.malloc(mib << 20)) else "own" for mib in (8, 20)))
 """
 
 # Which allocator holds a 32 MiB tensor made after `configure_command`: the
@@ -163,7 +163,7 @@ def test_inference_and_compact_runs_put_tensors_in_malloc_on_cpu():
     assert _tensor_allocator("inference", "0", "advent_tf.evaluate") == ("one_arena", 64)
 
 
-def test_cpu_inference_maps_blocks_of_8_mib_and_more_on_their_own():
+def test_cpu_inference_maps_blocks_of_16_mib_and_more_on_their_own():
     if not sys.platform.startswith("linux"):
         return  # glibc only; elsewhere `configure` is a documented no-op.
     assert _run(_INFERENCE_PLACEMENT, "inference", "-").split() == [

@@ -34,9 +34,9 @@ figures and commands in README, *Allocators*):
   keeps blocks under its 32 MiB mmap threshold); full-resolution AdvEnt
   0.4-1.4 GiB less at 1.21-1.22x the time (two runs, of two and of three
   calls; why they differ so much was not traced). So alone it is for inference only.
-- For inference, with the system allocator, blocks of 8 MiB and more in
-  mappings of their own (`large_blocks_mapped`): the activations then
-  leave no holes in the heap, ~100-130 MiB off the peak at 5% more time.
+- For inference, with the system allocator, blocks of 16 MiB and more in
+  mappings of their own (`large_blocks_mapped`): fewer holes in the heap,
+  20-77 MiB off the forward pass's peak at 2-3% more time.
 - Compact (`return_freed_memory` and the system allocator,
   `train --compact_host_memory`): also blocks of 128 KiB and more in
   mappings of their own, unmapped when freed, so the resident set follows
@@ -63,9 +63,9 @@ import os
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 128 * 1024
-# Inference: blocks of 8 MiB and more (the activations that fragment the heap)
-# mapped on their own; measured in `large_blocks_mapped`.
-INFERENCE_MMAP_THRESHOLD_BYTES = 8 << 20
+# Inference: blocks of 16 MiB and more mapped on their own (measured in
+# `large_blocks_mapped`).
+INFERENCE_MMAP_THRESHOLD_BYTES = 16 << 20
 ONE_ARENA = "one_arena"
 COMPACT = "compact"
 SYSTEM_ALLOCATOR = "system_allocator"
@@ -131,18 +131,22 @@ def return_freed_memory():
 
 
 def large_blocks_mapped():
-    """Maps blocks of 8 MiB and more on their own, unmapped when freed; True if it applies.
+    """Maps blocks of 16 MiB and more on their own, unmapped when freed; True if it applies.
 
     For inference with the system allocator: glibc's mmap threshold rises
     with every large free up to 32 MiB, so the activations under that
-    (ResNet-101 at 1024x512: 8-32 MiB maps) come from the heap, and the
+    (ResNet-101 at 1024x512: maps of 4-32 MiB) come from the heap, and the
     executor's order, which changes from call to call, fragments it: the
-    peak grew over the first calls. A fixed 8 MiB threshold keeps them out
-    of it. Measured (ResNet-101, 1024x512 inference with the evaluation
-    argmax, peak RSS after nine calls, Zen 4, 2026-12-01, two alternating
-    rounds): 1053-1062 MiB against 1161-1186 (4 MiB: 1048-1054), 4.19 s per
-    call against 3.99-4.03 (5% more: the page faults of those blocks). It
-    changes nothing outside glibc or where the environment sets the threshold
+    peak grew over the first calls (1040 -> 1119 MiB over three). A fixed
+    threshold keeps the larger ones out of it, each fresh block costing page
+    faults. Measured on the benchmark's inference row (ResNet-101, 1024x512,
+    the evaluation argmax; Zen 4, 2026-12-01, alternating with glibc's
+    dynamic threshold, two rounds each): 16 MiB 470-497 MiB net against
+    516-547, 4.04-4.17 s against 3.97-4.04; 8 MiB 456-460 MiB but 4.26-4.28 s
+    (6-8% slower), which would cost inference most of its lead over the
+    official code. Transparent huge pages for the mapped blocks
+    (``glibc.malloc.hugetlb=1``) did not cut that cost. It changes nothing
+    outside glibc or where the environment sets the threshold
     (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``), and then returns False.
     """
     return not _mmap_threshold_chosen() and _mallopt(
