@@ -92,7 +92,10 @@ class _Scorer:
             model = dataclasses.replace(model, class_names=tuple(manifest["class_names"]))
         self.model = model
         self.size = model_flags.input_size(run_config, _EVAL_SIZE.value, "eval_size")
-        self.num_images = manifest["num_examples"] if manifest else None
+        # The pattern may select some of the split's shards (e.g. one of two).
+        self.num_images = (sum(shard["num_examples"] for shard in
+                               manifest_lib.shards_matching(manifest, _EVAL_PATTERN.value))
+                           if manifest else None)
         self.subset = None if _CLASS_SUBSET.value is None else int(_CLASS_SUBSET.value)
         if self.subset is not None and model.num_classes != 16:
             raise app.UsageError(f"--class_subset=13 needs a 16-class model, this one has "

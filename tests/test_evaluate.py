@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,10 +26,10 @@ EVAL_SIZE = (16, 32)  # (height, width) the network sees; labels stay at 24x48.
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """Tiny labelled val split, a train_dir with checkpoints 2 and 4, and a .weights.h5."""
+    """Tiny labelled val split (two shards of one image), checkpoints 2 and 4, a .weights.h5."""
     root = tmp_path_factory.mktemp("evaluate")
     pattern = demo.make_demo_data(str(root / "data"), splits=(("target", "val", 2, True),),
-                                  image_size=(24, 48), num_shards=1)["target_val"]
+                                  image_size=(24, 48), num_shards=2)["target_val"]
     model = build_segmenter("resnet_tiny", 19, True)
     checkpoint = tf.train.Checkpoint(segmenter=model, optimizer=keras.optimizers.SGD(0.1))
     manager = tf.train.CheckpointManager(checkpoint, str(root / "run" / "checkpoints"), None)
@@ -80,9 +81,28 @@ def test_ensemble_cli_matches_the_reference_protocol(workdir):
     assert results["summary"]["num_pixels"] == expected.sum() > 0
     assert results["ensemble_weights"] == [0.25, 0.75]
     assert "traffic light" in log and "mIoU" in log
+    assert "2/2" in _without_ansi_codes(log)  # The progress bar.
     assert os.listdir(out / "tensorboard")
     if sys.platform.startswith("linux"):  # glibc: CPU inference, tensors from malloc.
         assert "Host memory: one_arena, system_allocator, large_blocks_mapped." in log
+
+
+def _without_ansi_codes(text):
+    return re.sub("\x1b\\[[0-9;]*m", "", text)
+
+
+def test_one_shard_of_a_split_is_scored_and_counted_alone(workdir):
+    # The split's manifest counts both shards; the progress bar must count the one selected.
+    weights_file = str(workdir["root"] / "converted.weights.h5")
+    shard = workdir["pattern"].replace("*", "*-00001-of-00002")
+    out = workdir["root"] / "one_shard"
+    log = _without_ansi_codes(_cli(f"--checkpoints={weights_file}", f"--eval_pattern={shard}",
+                                   f"--output_dir={out}"))
+    results = json.loads((out / "results.json").read_text())
+    expected = _manual_hist([weights_file], [1.0], shard)
+    assert 0 < expected.sum() < _manual_hist([weights_file], [1.0], workdir["pattern"]).sum()
+    np.testing.assert_array_equal(results["summary"]["confusion_matrix"], expected)
+    assert "1/1" in log and "/2" not in log
 
 
 @pytest.mark.parametrize("rows", [1, 7, None])

@@ -7,6 +7,7 @@ the labels. Eq. 10 of the paper (the class-ratio prior, "CP") needs p_s, the
 class distribution of the source labels: it is that histogram, L1-normalised.
 """
 
+import fnmatch
 import glob
 import json
 import os
@@ -79,6 +80,21 @@ def read_manifest(path_or_dir, split=None):
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: not an advent_tf manifest of format {FORMAT_VERSION}")
     return manifest
+
+
+def shards_matching(manifest, pattern):
+    """The manifest's shard entries ({"file", "num_examples"}) whose names a glob selects.
+
+    Args:
+      manifest: a manifest dict.
+      pattern: a shard glob such as `DIR/val-*.tfrecord`, or one shard's path;
+        only its file name part is matched, case-sensitively, as tf.io does.
+
+    Returns:
+      The entries in the manifest's (conversion) order.
+    """
+    base = os.path.basename(pattern)
+    return [shard for shard in manifest["shards"] if fnmatch.fnmatchcase(shard["file"], base)]
 
 
 def class_prior_from_manifest(manifest_or_path, split=None):

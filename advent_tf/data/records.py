@@ -8,7 +8,6 @@ raises an error that names the shard. A healthy shard costs one scalar
 addition per record.
 """
 
-import fnmatch
 import os
 
 import tensorflow as tf
@@ -58,7 +57,7 @@ def _listed_shards(pattern, files, manifest):
     """The shards that `manifest` lists among `files`, the matches of `pattern`."""
     directory, base = os.path.split(pattern)
     where = manifest_lib.manifest_path(directory, manifest["split"])
-    listed = [s["file"] for s in manifest["shards"] if fnmatch.fnmatchcase(s["file"], base)]
+    listed = [shard["file"] for shard in manifest_lib.shards_matching(manifest, pattern)]
     found = {os.path.basename(f) for f in files}
     missing = [name for name in listed if name not in found]
     if missing:
