@@ -36,6 +36,8 @@ def test_train_shapes_dtypes_ranges(data):
         data["source_train"], data["target_train"], (16, 40), (20, 36), batch_size=4, seed=0)
     assert dataset.options().experimental_distribute.auto_shard_policy == (
         tf.data.experimental.AutoShardPolicy.DATA)
+    # Autotuning's thread made deleting an iterator wait up to 60 s (pipeline._options).
+    assert dataset.options().autotune.enabled is False
     for batch in _batches(dataset, 4):  # 4 x 4 > 6 examples: the streams repeat.
         assert batch["source_image"].shape == (4, 16, 40, 3)
         assert batch["source_label"].shape == (4, 16, 40)
@@ -74,6 +76,7 @@ def test_augmentation_keeps_labels_valid(data):
 
 def test_eval_keeps_order_and_full_resolution(data):
     dataset = pipeline.make_eval_dataset(data["target_val"], (12, 20), batch_size=2)
+    assert dataset.options().autotune.enabled is False  # As in training, see above.
     batches = _batches(dataset, 10)
     assert [b["image"].shape for b in batches] == [(2, 12, 20, 3), (1, 12, 20, 3)]
     assert batches[0]["label"].shape == (2, *STORED) and batches[0]["label"].dtype == np.int32
