@@ -115,7 +115,8 @@ _COMPACT = flags.DEFINE_bool("compact_host_memory", False,
                              "Ours as train --compact_host_memory runs (the system allocator, "
                              "glibc returns freed memory at once); without it, as train runs by "
                              "default (on CPU, one malloc arena), and the inference as evaluate "
-                             "runs (on CPU, one arena and the system allocator).")
+                             "runs (on CPU, one arena, the system allocator and a 16 MiB mmap "
+                             "threshold).")
 _CEILING_SIZE = flags.DEFINE_integer("ceiling_size", 4096,
                                      "Side of the square matrix product that measures the "
                                      "ceiling (0: skip the ceiling).", lower_bound=0)

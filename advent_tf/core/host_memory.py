@@ -36,7 +36,8 @@ figures and commands in README, *Allocators*):
   calls; why they differ so much was not traced). So alone it is for inference only.
 - For inference, with the system allocator, blocks of 16 MiB and more in
   mappings of their own (`large_blocks_mapped`): fewer holes in the heap,
-  20-77 MiB off the forward pass's peak at 2-3% more time.
+  ~80 MiB off the forward pass's peak (a mean of four rounds) at about
+  the same time.
 - Compact (`return_freed_memory` and the system allocator,
   `train --compact_host_memory`): also blocks of 128 KiB and more in
   mappings of their own, unmapped when freed, so the resident set follows
@@ -141,11 +142,12 @@ def large_blocks_mapped():
     threshold keeps the larger ones out of it, each fresh block costing page
     faults. Measured on the benchmark's inference row (ResNet-101, 1024x512,
     the evaluation argmax; Zen 4, 2026-12-01, alternating with glibc's
-    dynamic threshold, two rounds each): 16 MiB 470-497 MiB net against
-    516-547, 4.04-4.17 s against 3.97-4.04; 8 MiB 456-460 MiB but 4.26-4.28 s
-    (6-8% slower), which would cost inference most of its lead over the
-    official code. Transparent huge pages for the mapped blocks
-    (``glibc.malloc.hugetlb=1``) did not cut that cost. It changes nothing
+    dynamic threshold, PyTorch beside each): 16 MiB 456-520 MiB net (mean
+    490) against 525-615 (mean 569) over four rounds each, 4.21-4.77 s
+    against 4.22-5.36; 8 MiB 456-460 MiB but 6-8% slower (two rounds),
+    which would cost inference most of its lead over the official code.
+    Transparent huge pages for the mapped blocks (``glibc.malloc.hugetlb=1``)
+    did not cut that cost. It changes nothing
     outside glibc or where the environment sets the threshold
     (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``), and then returns False.
     """

@@ -118,7 +118,7 @@ def _options(deterministic):
     options = tf.data.Options()
     options.deterministic = deterministic
     # No autotuning: its thread sleeps up to 60 s between optimisations, and
-    # deleting an iterator often waited for it (TF 2.21, CPU): 35-39 s after
+    # deleting an iterator often waited for it (TF 2.21, CPU): 30-39 s after
     # the last image in 10 of 18 25-image `evaluate` runs, 7 s and over 16 s
     # after the demo's AdvEnt training (2 s without). AUTOTUNE then stays at
     # one call per core (at most 16): decoding takes milliseconds against the
