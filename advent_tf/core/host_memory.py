@@ -147,9 +147,9 @@ def large_blocks_mapped():
     against 4.22-5.36; 8 MiB 456-460 MiB but 6-8% slower (two rounds),
     which would cost inference most of its lead over the official code.
     Transparent huge pages for the mapped blocks (``glibc.malloc.hugetlb=1``)
-    did not cut that cost. It changes nothing
-    outside glibc or where the environment sets the threshold
-    (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``), and then returns False.
+    did not cut that cost. It changes nothing outside glibc or where the
+    environment sets the threshold (``MALLOC_MMAP_THRESHOLD_``,
+    ``GLIBC_TUNABLES``), and then returns False.
     """
     return not _mmap_threshold_chosen() and _mallopt(
         (_M_MMAP_THRESHOLD, INFERENCE_MMAP_THRESHOLD_BYTES))
