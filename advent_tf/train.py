@@ -336,7 +336,8 @@ def run(cfg):
             config_lib.hw(cfg.data.target_size), batch_size, seed=cfg.run.seed + start,
             augment=cfg.data.augment)
         try:
-            method.fit(dataset, epochs=1, steps_per_epoch=None, verbose=0,
+            # shuffle=False: the streams shuffle themselves (Keras would warn it ignores True).
+            method.fit(dataset, epochs=1, steps_per_epoch=None, verbose=0, shuffle=False,
                        callbacks=_callbacks(cfg, method, manager, next(iter(dataset))))
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
             if cfg.run.strategy != "multi_worker":

@@ -66,6 +66,7 @@ def test_method_trains_end_to_end(case, patterns, prior_file, tmp_path):
     for name in expected_logs:
         assert name in log, f"{name} not logged:\n{log[-2000:]}"
     assert "step 2/2" in log and "steps/s" in log and "ETA" in log
+    assert "UserWarning" not in log, log[-2000:]  # e.g. Keras' ignored `shuffle=True`.
     assert "mIoU" in result.stdout
     if sys.platform.startswith("linux"):  # glibc; a CPU-only run shares one arena.
         assert "Host memory: one_arena." in log, log[-2000:]
