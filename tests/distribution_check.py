@@ -44,7 +44,7 @@ def train(strategy, method_name):
     with strategy.scope():
         method = factory.build_method(cfg)
     dataset = tf.data.Dataset.from_tensors(_batch()).repeat()
-    method.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+    method.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
     d_ids = {id(w) for d in (getattr(method, "discriminator_main", None),
                              getattr(method, "discriminator_aux", None)) if d is not None
              for w in d.weights}
@@ -84,7 +84,7 @@ def one_step_gradients(strategy, method_name, values):
             groups[name] = getattr(method, name).trainable_variables
     before = {group: [v.numpy() for v in variables] for group, variables in groups.items()}
     method.fit(tf.data.Dataset.from_tensors(_batch()).repeat(), epochs=1, steps_per_epoch=1,
-               verbose=0)
+               verbose=0, shuffle=False)
     return {group: [b - v.numpy() for b, v in zip(before[group], variables)]
             for group, variables in groups.items()}
 
