@@ -92,16 +92,14 @@ def _mallopt(*settings):
     return all([mallopt(param, value) == 1 for param, value in settings])
 
 
-def _mmap_threshold_chosen():
-    """True if the environment already sets glibc's mmap threshold (glibc reads it at start)."""
-    return ("MALLOC_MMAP_THRESHOLD_" in os.environ
-            or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""))
+def _environment_sets(variable, tunable):
+    """True if the environment already sets a glibc malloc setting (glibc reads it at start).
 
-
-def _arena_max_chosen():
-    """True if the environment already sets glibc's arena count (glibc reads it at start)."""
-    return ("MALLOC_ARENA_MAX" in os.environ
-            or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""))
+    Args:
+      variable: its environment variable, e.g. ``MALLOC_ARENA_MAX``.
+      tunable: its name in ``GLIBC_TUNABLES``, e.g. ``arena_max``.
+    """
+    return variable in os.environ or tunable in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def share_one_arena():
@@ -112,7 +110,7 @@ def share_one_arena():
     glibc (macOS, musl) or where ``MALLOC_ARENA_MAX`` is set, and then returns
     False.
     """
-    return not _arena_max_chosen() and _mallopt((_M_ARENA_MAX, 1))
+    return not _environment_sets("MALLOC_ARENA_MAX", "arena_max") and _mallopt((_M_ARENA_MAX, 1))
 
 
 def return_freed_memory():
@@ -126,7 +124,7 @@ def return_freed_memory():
     it returns False.
     """
     settings = [(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)]
-    if not _arena_max_chosen():
+    if not _environment_sets("MALLOC_ARENA_MAX", "arena_max"):
         settings.append((_M_ARENA_MAX, 1))
     return _mallopt(*settings)
 
@@ -151,7 +149,7 @@ def large_blocks_mapped():
     environment sets the threshold (``MALLOC_MMAP_THRESHOLD_``,
     ``GLIBC_TUNABLES``), and then returns False.
     """
-    return not _mmap_threshold_chosen() and _mallopt(
+    return not _environment_sets("MALLOC_MMAP_THRESHOLD_", "mmap_threshold") and _mallopt(
         (_M_MMAP_THRESHOLD, INFERENCE_MMAP_THRESHOLD_BYTES))
 
 

@@ -55,7 +55,7 @@ def list_shards(pattern):
 
 def _listed_shards(pattern, files, manifest):
     """The shards that `manifest` lists among `files`, the matches of `pattern`."""
-    directory, base = os.path.split(pattern)
+    directory = os.path.dirname(pattern)
     where = manifest_lib.manifest_path(directory, manifest["split"])
     listed = [shard["file"] for shard in manifest_lib.shards_matching(manifest, pattern)]
     found = {os.path.basename(f) for f in files}
